@@ -1,0 +1,1 @@
+"""Pure head math: class ranges, sampling, margins, the chunked sharded cross-entropy, PartialFC."""

@@ -1,0 +1,51 @@
+"""Margin transforms of the target logit, selectable by name.
+
+>>> from partial_fc import margins
+>>> margins.build("arcface", scale=64.0, margin_rad=0.5)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from partial_fc.head.margins.arcface import ArcFace
+from partial_fc.head.margins.base import Margin, ScaledCosineMargin
+from partial_fc.head.margins.combined import Combined
+from partial_fc.head.margins.cosface import CosFace
+from partial_fc.head.margins.l2softmax import L2Softmax
+from partial_fc.head.margins.lsoftmax import LSoftmax
+from partial_fc.head.margins.normface import NormFace
+from partial_fc.head.margins.softmax import Softmax
+from partial_fc.head.margins.sphereface import SphereFace
+
+REGISTRY: dict[str, type[Margin]] = {
+    "softmax": Softmax,
+    "lsoftmax": LSoftmax,
+    "sphereface": SphereFace,
+    "l2softmax": L2Softmax,
+    "normface": NormFace,
+    "cosface": CosFace,
+    "arcface": ArcFace,
+    "combined": Combined,
+}
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def build(name: str, **params: Any) -> Margin:
+    """Instantiate a margin by name; unknown names and parameters are errors that list the valid ones."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown margin {name!r}; choose from {names()}")
+    cls = REGISTRY[name]
+    try:
+        return cls(**params)
+    except TypeError as err:
+        import inspect
+
+        valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        raise ValueError(f"bad parameters {sorted(params)} for margin {name!r}: {err}; valid: {valid}") from None
+
+
+__all__ = ["Margin", "ScaledCosineMargin", "build", "names", "REGISTRY"] + [c.__name__ for c in REGISTRY.values()]

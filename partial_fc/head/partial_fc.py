@@ -1,0 +1,154 @@
+"""The PartialFC head: class centers sharded over the ranks of a process group, partial-FC
+sampling, margin on owned positives, global softmax normaliser from all-reduces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from partial_fc.comm import gather_with_grad, make_collectives
+from partial_fc.head import margins as margin_registry
+from partial_fc.head.init import init_class_rows
+from partial_fc.head.margins.base import Margin
+from partial_fc.head.ranges import class_range
+from partial_fc.head.sampling import sample_classes
+from partial_fc.head.sharded_ce import sharded_margin_ce
+
+DEFAULT_CHUNK_SIZE = 65536
+
+
+class PartialFC(nn.Module):
+    """Model-parallel margin-softmax classification head.
+
+    Args:
+        num_classes: C, the number of classes of the whole head (all ranks together).
+        embedding_dim: D.
+        margin: a ``Margin`` or the name of one (``partial_fc.margins.names()``), built with its
+            paper defaults.
+        sample_rate: fraction of negative classes kept each step, in (0, 1]; every positive of
+            the global batch is always kept.
+        group: the torch.distributed process group that shards the classes; None uses the
+            default group when one is initialised, else runs as a single process.
+        seed: fixes the initial class centers (row c from (seed, c) alone) and the sampling
+            (class c at step t from (seed, t, c) alone), at any world size.
+        chunk_size: classes per logit tile; at most B x chunk_size logits exist at once.
+        init_std: standard deviation of the initial class-center entries.
+        backbone_grad_average: the backbone is data-parallel with gradient *averaging* (DDP,
+            DeepSpeed). The loss is the mean over the global batch, so the exact gradient w.r.t.
+            a rank's embeddings is the sum of every rank's partial gradient; averaging would
+            divide it by N. With this set, the embedding gradient is multiplied by N in the
+            all-gather's backward so that after the average the backbone gradient is exact.
+            This is the only place in the project where that scale is applied.
+        check_inputs: verify labels in [0, C) and equal local batch sizes on every rank
+            (one all-reduce of 5 integers and one host sync per step).
+        check_finite: also reject non-finite embeddings (part of the same check).
+
+    forward(embeddings (b, D) float, labels (b,) int) -> the mean loss over the global batch
+    of world_size x b samples, the same value on every rank. Collectives per step: one small
+    all-reduce for the checks, all-gather of embeddings (B x D) and labels (B), all-reduce MAX
+    (B), all-reduce SUM (2B); backward: reduce-scatter of the embedding gradient (B x D).
+    """
+
+    def __init__(
+        self, num_classes: int, embedding_dim: int, *, margin: Margin | str, sample_rate: float = 1.0,
+        group: Any = None, seed: int = 0, chunk_size: int = DEFAULT_CHUNK_SIZE, init_std: float = 0.01,
+        backbone_grad_average: bool = True, check_inputs: bool = True, check_finite: bool = True,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if not (isinstance(num_classes, int) and num_classes >= 1):
+            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+        if not (isinstance(embedding_dim, int) and embedding_dim >= 1):
+            raise ValueError(f"embedding_dim must be an integer >= 1, got {embedding_dim!r}")
+        if not (isinstance(sample_rate, (int, float)) and 0.0 < sample_rate <= 1.0):
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+        if not (isinstance(chunk_size, int) and chunk_size >= 1):
+            raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        if not init_std > 0:
+            raise ValueError(f"init_std must be > 0, got {init_std}")
+        self.margin = margin_registry.build(margin) if isinstance(margin, str) else margin
+        if not isinstance(self.margin, Margin):
+            raise ValueError(f"margin must be a Margin or one of {margin_registry.names()}, got {margin!r}")
+        self.comm = make_collectives(group)
+        self.num_classes, self.embedding_dim = num_classes, embedding_dim
+        self.sample_rate, self.seed, self.chunk_size = float(sample_rate), seed, chunk_size
+        self.backbone_grad_average = backbone_grad_average
+        self.check_inputs, self.check_finite = check_inputs, check_finite
+        self.class_range = class_range(num_classes, self.comm.world_size, self.comm.rank)
+        start, stop = self.class_range
+        self.weight = nn.Parameter(init_class_rows(seed, start, stop, embedding_dim, std=init_std, device=device))
+        #: Training steps taken: drives sampling and margin schedules; saved in the state dict.
+        self.step = 0
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self._check_local(embeddings, labels)
+        if self.check_inputs:
+            self._check_global(embeddings, labels)
+        comm = self.comm
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            grad_scale = float(comm.world_size) if self.backbone_grad_average else 1.0
+            x = gather_with_grad(embeddings.to(self.weight.dtype), comm, grad_scale=grad_scale)
+            y = comm.all_gather(labels.to(torch.int64))
+            start, stop = self.class_range
+            rate = self.sample_rate if self.training else 1.0
+            sampled = sample_classes(y, start=start, stop=stop, seed=self.seed, step=self.step, sample_rate=rate)
+            loss = sharded_margin_ce(
+                x, self.margin.scale_features(x), self.weight,
+                rows=None if rate >= 1.0 else sampled.rows, target_pos=sampled.target_pos,
+                margin=self.margin, step=self.step, comm=comm, chunk_size=self.chunk_size,
+            )
+        if self.training:
+            self.step += 1
+        return loss
+
+    def _check_local(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_dim:
+            shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
+            raise ValueError(f"embeddings must have shape (b, {self.embedding_dim}), got {shape}")
+        if not embeddings.is_floating_point():
+            raise ValueError(f"embeddings must be floating point, got {embeddings.dtype}")
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
+            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise ValueError(f"labels must have shape (b,), got {shape}")
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be an integer tensor of class ids, got {labels.dtype}")
+        if labels.shape[0] != embeddings.shape[0]:
+            raise ValueError(f"labels ({labels.shape[0]}) and embeddings ({embeddings.shape[0]}) differ in length")
+        if embeddings.shape[0] == 0:
+            raise ValueError("empty batch: embeddings has 0 rows")
+        if embeddings.device != self.weight.device:
+            raise ValueError(f"embeddings are on {embeddings.device} but the head's shard is on {self.weight.device}")
+
+    def _check_global(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        b = embeddings.shape[0]
+        nonfinite = (~torch.isfinite(embeddings)).sum() if self.check_finite else torch.zeros((), dtype=torch.int64)
+        flags = torch.stack([
+            torch.tensor(b), torch.tensor(-b), labels.max().long().cpu(), -labels.min().long().cpu(), nonfinite.long().cpu(),
+        ]).to(self.weight.device)
+        max_b, neg_min_b, max_label, neg_min_label, bad = self.comm.all_reduce_(flags, "max").tolist()
+        if max_b != -neg_min_b:
+            raise ValueError(f"local batch sizes differ across ranks: between {-neg_min_b} and {max_b}; every rank must pass the same b")
+        if -neg_min_label < 0:
+            raise ValueError(f"label {-neg_min_label} is outside [0, {self.num_classes})")
+        if max_label >= self.num_classes:
+            raise ValueError(f"label {max_label} is outside [0, {self.num_classes})")
+        if bad:
+            raise ValueError(f"embeddings contain {bad} non-finite values on at least one rank")
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"step": self.step, "num_classes": self.num_classes, "class_range": list(self.class_range), "seed": self.seed}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if state.get("num_classes") != self.num_classes or tuple(state.get("class_range", ())) != self.class_range:
+            raise ValueError(
+                f"checkpoint shard holds classes {state.get('class_range')} of {state.get('num_classes')}, "
+                f"this head owns {list(self.class_range)} of {self.num_classes}; reshard the checkpoint first"
+            )
+        self.step = int(state["step"])
+
+    def extra_repr(self) -> str:
+        start, stop = self.class_range
+        return (f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, classes=[{start}, {stop}), "
+                f"sample_rate={self.sample_rate}, chunk_size={self.chunk_size}, world_size={self.comm.world_size}")

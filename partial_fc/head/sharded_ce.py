@@ -1,0 +1,166 @@
+"""Chunked, class-sharded margin cross-entropy.
+
+Each rank holds a shard of the class centers and the sampled rows ``rows`` of it. For the
+global batch x (B, D) it computes the plain logits of its sampled classes tile by tile,
+``chunk_size`` classes at a time, keeping only per-row running max and sum of exponentials
+(an online log-sum-exp). The margin touches only the targets this rank owns: at most B values,
+computed from cos theta_y by the margin's differentiable ``target_logit``.
+
+Collectives (forward): one all-reduce MAX of B floats, one all-reduce SUM of 2B floats
+(sum of exponentials and target logit, fused). Backward: none (the embedding gradient is
+reduced by the all-gather that produced x).
+
+Memory: at most one tile of B x chunk_size logits is alive. The last tile of the forward is
+kept (as exponentials) for the backward; the other tiles are recomputed there. With the
+whole sampled shard in one tile (S <= chunk_size) nothing is recomputed.
+
+Gradients: loss = mean over the B samples of (logsumexp_j z_ij - z_{i,y_i}); the gradient of
+this mean, exact for this rank's classes, is returned for x, x' and the class rows. The class
+gradient is a sparse COO tensor holding only the S sampled rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from partial_fc.comm.collectives import Collectives
+from partial_fc.head.margins.base import Margin, row_norm
+
+
+def target_logits(margin: Margin, x: torch.Tensor, w: torch.Tensor, step: int) -> torch.Tensor:
+    """Margin target logits of k samples x (k, D) with their own class centers w (k, D)."""
+    x_norm, w_norm = row_norm(x), row_norm(w)
+    cos = ((x * w).sum(1) / (x_norm * w_norm)).clamp(-1.0, 1.0)
+    return margin.target_logit(cos, x_norm=x_norm, w_norm=w_norm, step=step)
+
+
+@dataclass
+class _Tile:
+    start: int
+    stop: int
+    w: torch.Tensor          # (c, D) raw class rows of the tile
+    inv_norm: torch.Tensor | None  # (c,) 1/|w_j| when the margin normalises weights
+    logits: torch.Tensor     # (B, c)
+
+
+class ShardedMarginCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, x_scaled, weight, rows, target_pos, margin, step, comm, chunk_size):
+        batch = x.shape[0]
+        num_sampled = weight.shape[0] if rows is None else rows.shape[0]
+        owned = (target_pos >= 0).nonzero().squeeze(1)
+        pos = target_pos[owned]
+        x_own, w_own = x[owned], _take_rows(weight, rows, pos)
+        target = target_logits(margin, x_own, w_own, step)
+
+        run_max = x.new_full((batch,), float("-inf"))
+        run_sum = x.new_zeros(batch)
+        keep_last = any(ctx.needs_input_grad[:3])
+        last = None
+        for start in range(0, num_sampled, chunk_size):
+            tile = _compute_tile(x_scaled, weight, rows, start, min(num_sampled, start + chunk_size),
+                                 margin.normalize_weight, owned, pos, target)
+            new_max = torch.maximum(run_max, tile.logits.amax(1))
+            exps = tile.logits.sub_(new_max[:, None]).exp_()   # in place: the tile now holds exp(z - max)
+            run_sum = run_sum * torch.exp(run_max - new_max) + exps.sum(1)
+            run_max = new_max
+            if keep_last and tile.stop == num_sampled:
+                last = tile
+            del tile, exps  # drop the tile before the next one exists: one tile alive at a time
+
+        global_max = comm.all_reduce_(run_max.clone(), "max")
+        stats = torch.zeros(2, batch, dtype=x.dtype, device=x.device)
+        stats[0] = run_sum * torch.exp(run_max - global_max)
+        stats[1, owned] = target
+        comm.all_reduce_(stats, "sum")
+        lse = global_max + torch.log(stats[0])
+        loss = (lse - stats[1]).mean()
+
+        ctx.save_for_backward(x, x_scaled, weight)
+        ctx.rows, ctx.owned, ctx.pos, ctx.lse = rows, owned, pos, lse
+        ctx.margin, ctx.step, ctx.chunk_size, ctx.num_sampled = margin, step, chunk_size, num_sampled
+        ctx.last, ctx.last_shift = last, run_max
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        x, x_scaled, weight = ctx.saved_tensors
+        rows, owned, pos, lse, margin = ctx.rows, ctx.owned, ctx.pos, ctx.lse, ctx.margin
+        scale = grad_loss / x.shape[0]
+        normalize = margin.normalize_weight
+
+        grad_x_scaled = torch.zeros_like(x_scaled)
+        grad_rows = x.new_empty(ctx.num_sampled, x.shape[1])
+        grad_target = x.new_zeros(owned.shape[0])
+        with torch.enable_grad():
+            x_own = x[owned].detach().requires_grad_()
+            w_own = _take_rows(weight, rows, pos).detach().requires_grad_()
+            target = target_logits(margin, x_own, w_own, ctx.step)
+        starts = list(range(0, ctx.num_sampled, ctx.chunk_size))
+        for start in reversed(starts):
+            stop = min(ctx.num_sampled, start + ctx.chunk_size)
+            if ctx.last is not None and ctx.last.start == start:
+                # The kept tile is consumed in place; a second backward (retain_graph) recomputes it.
+                tile, ctx.last = ctx.last, None
+                probs = tile.logits.mul_(torch.exp(ctx.last_shift - lse)[:, None])
+            else:
+                tile = _compute_tile(x_scaled, weight, rows, start, stop, normalize, owned, pos, target.detach())
+                probs = tile.logits.sub_(lse[:, None]).exp_()
+            # Targets go through the margin's own derivative below, not through the GEMMs.
+            sel = ((pos >= start) & (pos < stop)).nonzero().squeeze(1)
+            grad_target[sel] = probs[owned[sel], pos[sel] - start] - 1.0
+            probs[owned[sel], pos[sel] - start] = 0.0
+            probs.mul_(scale)
+            if normalize:
+                probs.mul_(tile.inv_norm)
+            grad_x_scaled.addmm_(probs, tile.w)
+            grad_tile = grad_rows[start:stop]
+            torch.mm(probs.t(), x_scaled, out=grad_tile)
+            if normalize:
+                # d/dw of (x' . w)/|w|: remove the component along w, as the norm's derivative does.
+                coef = (tile.w * grad_tile).sum(1) * tile.inv_norm.square()
+                grad_tile.addcmul_(tile.w, coef[:, None], value=-1.0)
+            del tile, probs
+        grad_target.mul_(scale)
+
+        grad_x_own, grad_w_own = torch.autograd.grad(target, (x_own, w_own), grad_target)
+        grad_x = torch.zeros_like(x).index_add_(0, owned, grad_x_own)
+        grad_rows.index_add_(0, pos, grad_w_own)
+
+        grad_weight = None
+        if ctx.needs_input_grad[2]:
+            indices = rows if rows is not None else torch.arange(weight.shape[0], device=weight.device)
+            grad_weight = torch.sparse_coo_tensor(indices[None], grad_rows, weight.shape, is_coalesced=True, check_invariants=False)
+        return grad_x, grad_x_scaled, grad_weight, None, None, None, None, None, None
+
+
+def _take_rows(weight: torch.Tensor, rows: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
+    return weight.index_select(0, pos if rows is None else rows[pos])
+
+
+def _compute_tile(x_scaled, weight, rows, start, stop, normalize, owned, pos, target) -> _Tile:
+    w = weight[start:stop] if rows is None else weight.index_select(0, rows[start:stop])
+    logits = torch.mm(x_scaled, w.t())
+    inv_norm = None
+    if normalize:
+        inv_norm = row_norm(w).reciprocal_()
+        logits.mul_(inv_norm)
+    sel = ((pos >= start) & (pos < stop)).nonzero().squeeze(1)
+    logits[owned[sel], pos[sel] - start] = target[sel]
+    return _Tile(start, stop, w, inv_norm, logits)
+
+
+def sharded_margin_ce(
+    x: torch.Tensor, x_scaled: torch.Tensor, weight: torch.Tensor, *, rows: torch.Tensor | None,
+    target_pos: torch.Tensor, margin: Margin, step: int, comm: Collectives, chunk_size: int,
+) -> torch.Tensor:
+    """Mean margin cross-entropy of the global batch over the classes of all ranks.
+
+    x: (B, D) global embeddings; x_scaled: ``margin.scale_features(x)``; weight: (n, D) this
+    rank's shard; rows: (S,) sorted sampled row indices, or None for all rows; target_pos: (B,)
+    position of each label in the sampled rows, -1 where another rank owns the label.
+    Returns the same scalar on every rank.
+    """
+    return ShardedMarginCE.apply(x, x_scaled, weight, rows, target_pos, margin, step, comm, chunk_size)
