@@ -15,6 +15,7 @@ from partial_fc.head.margins.base import Margin
 from partial_fc.head.ranges import class_range
 from partial_fc.head.sampling import sample_classes
 from partial_fc.head.sharded_ce import sharded_margin_ce
+from partial_fc.head.workspace import Workspace
 
 DEFAULT_CHUNK_SIZE = 65536
 
@@ -79,6 +80,7 @@ class PartialFC(nn.Module):
         self.class_range = class_range(num_classes, self.comm.world_size, self.comm.rank)
         start, stop = self.class_range
         self.weight = nn.Parameter(init_class_rows(seed, start, stop, embedding_dim, std=init_std, device=device))
+        self.workspace = Workspace()
         #: Training steps taken: drives sampling and margin schedules; saved in the state dict.
         self.step = 0
 
@@ -98,6 +100,7 @@ class PartialFC(nn.Module):
                 x, self.margin.scale_features(x), self.weight,
                 rows=None if rate >= 1.0 else sampled.rows, target_pos=sampled.target_pos,
                 margin=self.margin, step=self.step, comm=comm, chunk_size=self.chunk_size,
+                workspace=self.workspace,
             )
         if self.training:
             self.step += 1

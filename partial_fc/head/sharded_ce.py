@@ -10,9 +10,10 @@ Collectives (forward): one all-reduce MAX of B floats, one all-reduce SUM of 2B 
 (sum of exponentials and target logit, fused). Backward: none (the embedding gradient is
 reduced by the all-gather that produced x).
 
-Memory: at most one tile of B x chunk_size logits is alive. The last tile of the forward is
+Memory: at most one tile of chunk_size x B logits is alive. The last tile of the forward is
 kept (as exponentials) for the backward; the other tiles are recomputed there. With the
-whole sampled shard in one tile (S <= chunk_size) nothing is recomputed.
+whole sampled shard in one tile (S <= chunk_size) nothing is recomputed. Tiles and the
+class-row gradient live in a ``Workspace`` reused from step to step.
 
 Gradients: loss = mean over the B samples of (logsumexp_j z_ij - z_{i,y_i}); the gradient of
 this mean, exact for this rank's classes, is returned for x, x' and the class rows. The class
@@ -27,6 +28,7 @@ import torch
 
 from partial_fc.comm.collectives import Collectives
 from partial_fc.head.margins.base import Margin, row_norm
+from partial_fc.head.workspace import Workspace
 
 
 def target_logits(margin: Margin, x: torch.Tensor, w: torch.Tensor, step: int) -> torch.Tensor:
@@ -42,12 +44,12 @@ class _Tile:
     stop: int
     w: torch.Tensor          # (c, D) raw class rows of the tile
     inv_norm: torch.Tensor | None  # (c,) 1/|w_j| when the margin normalises weights
-    logits: torch.Tensor     # (B, c)
+    logits: torch.Tensor     # (c, B): transposed logits of the tile
 
 
 class ShardedMarginCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, x_scaled, weight, rows, target_pos, margin, step, comm, chunk_size):
+    def forward(ctx, x, x_scaled, weight, rows, target_pos, margin, step, comm, chunk_size, workspace):
         batch = x.shape[0]
         num_sampled = weight.shape[0] if rows is None else rows.shape[0]
         owned = (target_pos >= 0).nonzero().squeeze(1)
@@ -55,16 +57,17 @@ class ShardedMarginCE(torch.autograd.Function):
         x_own, w_own = x[owned], _take_rows(weight, rows, pos)
         target = target_logits(margin, x_own, w_own, step)
 
+        generation = workspace.claim()
         run_max = x.new_full((batch,), float("-inf"))
         run_sum = x.new_zeros(batch)
         keep_last = any(ctx.needs_input_grad[:3])
         last = None
         for start in range(0, num_sampled, chunk_size):
             tile = _compute_tile(x_scaled, weight, rows, start, min(num_sampled, start + chunk_size),
-                                 margin.normalize_weight, owned, pos, target)
-            new_max = torch.maximum(run_max, tile.logits.amax(1))
-            exps = tile.logits.sub_(new_max[:, None]).exp_()   # in place: the tile now holds exp(z - max)
-            run_sum = run_sum * torch.exp(run_max - new_max) + exps.sum(1)
+                                 margin.normalize_weight, owned, pos, target, workspace)
+            new_max = torch.maximum(run_max, tile.logits.amax(0))
+            exps = tile.logits.sub_(new_max).exp_()   # in place: the tile now holds exp(z - max)
+            run_sum = run_sum * torch.exp(run_max - new_max) + exps.sum(0)
             run_max = new_max
             if keep_last and tile.stop == num_sampled:
                 last = tile
@@ -82,6 +85,7 @@ class ShardedMarginCE(torch.autograd.Function):
         ctx.rows, ctx.owned, ctx.pos, ctx.lse = rows, owned, pos, lse
         ctx.margin, ctx.step, ctx.chunk_size, ctx.num_sampled = margin, step, chunk_size, num_sampled
         ctx.last, ctx.last_shift = last, run_max
+        ctx.workspace, ctx.generation = workspace, generation
         return loss
 
     @staticmethod
@@ -91,8 +95,17 @@ class ShardedMarginCE(torch.autograd.Function):
         scale = grad_loss / x.shape[0]
         normalize = margin.normalize_weight
 
+        workspace = ctx.workspace
+        if ctx.workspace.generation != ctx.generation:
+            ctx.last = None  # another forward or backward reused the buffers: recompute that tile too
+        workspace.claim()
         grad_x_scaled = torch.zeros_like(x_scaled)
-        grad_rows = x.new_empty(ctx.num_sampled, x.shape[1])
+        # The class-row gradient lives in the workspace from step to step, unless an earlier
+        # gradient is still held in weight.grad (accumulation), whose memory it may share.
+        if weight.grad is None:
+            grad_rows = workspace.get("grad_rows", (ctx.num_sampled, x.shape[1]), dtype=x.dtype, device=x.device)
+        else:
+            grad_rows = x.new_empty(ctx.num_sampled, x.shape[1])
         grad_target = x.new_zeros(owned.shape[0])
         with torch.enable_grad():
             x_own = x[owned].detach().requires_grad_()
@@ -104,23 +117,23 @@ class ShardedMarginCE(torch.autograd.Function):
             if ctx.last is not None and ctx.last.start == start:
                 # The kept tile is consumed in place; a second backward (retain_graph) recomputes it.
                 tile, ctx.last = ctx.last, None
-                probs = tile.logits.mul_(torch.exp(ctx.last_shift - lse)[:, None])
+                probs = tile.logits.mul_(torch.exp(ctx.last_shift - lse))
             else:
-                tile = _compute_tile(x_scaled, weight, rows, start, stop, normalize, owned, pos, target.detach())
-                probs = tile.logits.sub_(lse[:, None]).exp_()
+                tile = _compute_tile(x_scaled, weight, rows, start, stop, normalize, owned, pos, target.detach(), workspace)
+                probs = tile.logits.sub_(lse).exp_()
             # Targets go through the margin's own derivative below, not through the GEMMs.
             sel = ((pos >= start) & (pos < stop)).nonzero().squeeze(1)
-            grad_target[sel] = probs[owned[sel], pos[sel] - start] - 1.0
-            probs[owned[sel], pos[sel] - start] = 0.0
+            grad_target[sel] = probs[pos[sel] - start, owned[sel]] - 1.0
+            probs[pos[sel] - start, owned[sel]] = 0.0
             probs.mul_(scale)
             if normalize:
-                probs.mul_(tile.inv_norm)
-            grad_x_scaled.addmm_(probs, tile.w)
+                probs.mul_(tile.inv_norm[:, None])
+            grad_x_scaled.addmm_(probs.t(), tile.w)
             grad_tile = grad_rows[start:stop]
-            torch.mm(probs.t(), x_scaled, out=grad_tile)
+            torch.mm(probs, x_scaled, out=grad_tile)
             if normalize:
                 # d/dw of (x' . w)/|w|: remove the component along w, as the norm's derivative does.
-                coef = (tile.w * grad_tile).sum(1) * tile.inv_norm.square()
+                coef = _row_dot(tile.w, grad_tile).mul_(tile.inv_norm.square())
                 grad_tile.addcmul_(tile.w, coef[:, None], value=-1.0)
             del tile, probs
         grad_target.mul_(scale)
@@ -133,34 +146,47 @@ class ShardedMarginCE(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             indices = rows if rows is not None else torch.arange(weight.shape[0], device=weight.device)
             grad_weight = torch.sparse_coo_tensor(indices[None], grad_rows, weight.shape, is_coalesced=True, check_invariants=False)
-        return grad_x, grad_x_scaled, grad_weight, None, None, None, None, None, None
+        return grad_x, grad_x_scaled, grad_weight, None, None, None, None, None, None, None
 
 
 def _take_rows(weight: torch.Tensor, rows: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
     return weight.index_select(0, pos if rows is None else rows[pos])
 
 
-def _compute_tile(x_scaled, weight, rows, start, stop, normalize, owned, pos, target) -> _Tile:
-    w = weight[start:stop] if rows is None else weight.index_select(0, rows[start:stop])
-    logits = torch.mm(x_scaled, w.t())
+def _row_dot(a: torch.Tensor, b: torch.Tensor, block: int = 4096) -> torch.Tensor:
+    """Row-wise dot products of two (n, D) tensors without an (n, D) temporary."""
+    out = a.new_empty(a.shape[0])
+    for lo in range(0, a.shape[0], block):
+        out[lo : lo + block] = (a[lo : lo + block] * b[lo : lo + block]).sum(1)
+    return out
+
+
+def _compute_tile(x_scaled, weight, rows, start, stop, normalize, owned, pos, target, workspace) -> _Tile:
+    opts = dict(dtype=x_scaled.dtype, device=x_scaled.device)
+    if rows is None:
+        w = weight[start:stop]
+    else:
+        w = torch.index_select(weight, 0, rows[start:stop], out=workspace.get("tile_w", (stop - start, weight.shape[1]), **opts))
+    # classes x batch: the layout in which all three GEMMs run fastest on CPU
+    logits = torch.mm(w, x_scaled.t(), out=workspace.get("tile_logits", (stop - start, x_scaled.shape[0]), **opts))
     inv_norm = None
     if normalize:
         inv_norm = row_norm(w).reciprocal_()
-        logits.mul_(inv_norm)
+        logits.mul_(inv_norm[:, None])
     sel = ((pos >= start) & (pos < stop)).nonzero().squeeze(1)
-    logits[owned[sel], pos[sel] - start] = target[sel]
+    logits[pos[sel] - start, owned[sel]] = target[sel]
     return _Tile(start, stop, w, inv_norm, logits)
 
 
 def sharded_margin_ce(
     x: torch.Tensor, x_scaled: torch.Tensor, weight: torch.Tensor, *, rows: torch.Tensor | None,
-    target_pos: torch.Tensor, margin: Margin, step: int, comm: Collectives, chunk_size: int,
+    target_pos: torch.Tensor, margin: Margin, step: int, comm: Collectives, chunk_size: int, workspace: Workspace,
 ) -> torch.Tensor:
     """Mean margin cross-entropy of the global batch over the classes of all ranks.
 
     x: (B, D) global embeddings; x_scaled: ``margin.scale_features(x)``; weight: (n, D) this
     rank's shard; rows: (S,) sorted sampled row indices, or None for all rows; target_pos: (B,)
     position of each label in the sampled rows, -1 where another rank owns the label.
-    Returns the same scalar on every rank.
+    workspace: buffers reused across calls (see ``Workspace``). Returns the same scalar on every rank.
     """
-    return ShardedMarginCE.apply(x, x_scaled, weight, rows, target_pos, margin, step, comm, chunk_size)
+    return ShardedMarginCE.apply(x, x_scaled, weight, rows, target_pos, margin, step, comm, chunk_size, workspace)

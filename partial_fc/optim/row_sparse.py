@@ -24,12 +24,32 @@ import torch
 
 def _sampled_rows(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(row indices or None for all rows, gradient rows)."""
-    if grad.is_sparse:
-        if grad.sparse_dim() != 1:
-            raise ValueError(f"row-sparse optimizers need a gradient sparse in dim 0 only, got sparse_dim={grad.sparse_dim()}")
+    if not grad.is_sparse:
+        return None, grad
+    if grad.sparse_dim() != 1:
+        raise ValueError(f"row-sparse optimizers need a gradient sparse in dim 0 only, got sparse_dim={grad.sparse_dim()}")
+    if not grad.is_coalesced():
+        # autograd drops the coalesced flag when it stores a sparse gradient; strictly increasing
+        # indices (what the head produces) are already coalesced, and checking is O(rows)
+        rows = grad._indices()[0]
+        if rows.numel() < 2 or bool((rows[1:] > rows[:-1]).all()):
+            return rows, grad._values()
         grad = grad.coalesce()
-        return grad.indices()[0], grad.values()
-    return None, grad
+    return grad.indices()[0], grad.values()
+
+
+class _Scratch:
+    """Per-optimizer block buffers reused every step (fresh CPU memory costs page faults)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+    def get(self, slot: int, like: torch.Tensor) -> torch.Tensor:
+        key = (slot, like.dtype, like.device)
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < like.numel():
+            buf = self._buffers[key] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+        return buf[: like.numel()].view(like.shape)
 
 
 def _check(name: str, value: float, low: float, high: float | None = None) -> float:
@@ -44,7 +64,7 @@ class RowSparseSGD(torch.optim.Optimizer):
     per row. ``lr`` may be changed by any torch LR scheduler."""
 
     def __init__(self, params: Iterable[torch.Tensor], *, lr: float, momentum: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, block_rows: int = 8192) -> None:
+                 weight_decay: float = 0.0, nesterov: bool = False, block_rows: int = 4096) -> None:
         _check("lr", lr, 0.0)
         _check("momentum", momentum, 0.0, 1.0)
         _check("weight_decay", weight_decay, 0.0)
@@ -52,6 +72,7 @@ class RowSparseSGD(torch.optim.Optimizer):
             raise ValueError("nesterov needs momentum > 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov))
         self.block_rows = block_rows
+        self._scratch = _Scratch()
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -72,13 +93,14 @@ class RowSparseSGD(torch.optim.Optimizer):
                 for lo in range(0, grads.shape[0], self.block_rows):
                     hi = min(grads.shape[0], lo + self.block_rows)
                     idx = None if rows is None else rows[lo:hi]
-                    d = grads[lo:hi].clone() if wd or (mu and nesterov) else grads[lo:hi]
+                    g = grads[lo:hi]
+                    d = g
                     if wd:
-                        d.add_(_get(p, idx, lo, hi), alpha=wd)
+                        d = torch.add(g, _get(p, idx, lo, hi, self._scratch.get(0, g)), alpha=wd, out=self._scratch.get(0, g))
                     if mu:
-                        m = _get(buf, idx, lo, hi).mul_(mu).add_(d)
+                        m = _get(buf, idx, lo, hi, self._scratch.get(1, g)).mul_(mu).add_(d)
                         _put(buf, idx, lo, hi, m)
-                        d = d.add_(m, alpha=mu) if nesterov else m
+                        d = torch.add(d, m, alpha=mu, out=self._scratch.get(0, g)) if nesterov else m
                     _add(p, idx, lo, hi, d, -lr)
         return loss
 
@@ -89,7 +111,7 @@ class RowSparseAdamW(torch.optim.Optimizer):
     times that row was updated, which is what they have averaged over."""
 
     def __init__(self, params: Iterable[torch.Tensor], *, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.01, block_rows: int = 8192) -> None:
+                 eps: float = 1e-8, weight_decay: float = 0.01, block_rows: int = 4096) -> None:
         _check("lr", lr, 0.0)
         _check("betas[0]", betas[0], 0.0, 1.0)
         _check("betas[1]", betas[1], 0.0, 1.0)
@@ -97,6 +119,7 @@ class RowSparseAdamW(torch.optim.Optimizer):
         _check("weight_decay", weight_decay, 0.0)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.block_rows = block_rows
+        self._scratch = _Scratch()
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -121,23 +144,26 @@ class RowSparseAdamW(torch.optim.Optimizer):
                     g = grads[lo:hi]
                     steps = _get(state["row_steps"], idx, lo, hi).add_(1)
                     _put(state["row_steps"], idx, lo, hi, steps)
-                    m = _get(state["exp_avg"], idx, lo, hi).lerp_(g, 1 - beta1)
-                    v = _get(state["exp_avg_sq"], idx, lo, hi).mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    m = _get(state["exp_avg"], idx, lo, hi, self._scratch.get(0, g)).lerp_(g, 1 - beta1)
                     _put(state["exp_avg"], idx, lo, hi, m)
+                    v = _get(state["exp_avg_sq"], idx, lo, hi, self._scratch.get(1, g)).mul_(beta2).addcmul_(g, g, value=1 - beta2)
                     _put(state["exp_avg_sq"], idx, lo, hi, v)
                     steps = steps.to(p.dtype)[:, None]
                     bc1 = 1 - torch.pow(beta1, steps)
                     bc2_sqrt = torch.sqrt(1 - torch.pow(beta2, steps))
-                    update = (v.sqrt_().div_(bc2_sqrt).add_(eps)).reciprocal_().mul_(m).div_(bc1)
-                    w = _get(p, idx, lo, hi)
+                    # update = m / bc1 / (sqrt(v) / bc2_sqrt + eps), built in v's scratch
+                    update = v.sqrt_().div_(bc2_sqrt).add_(eps).reciprocal_().mul_(m).div_(bc1)
+                    w = _get(p, idx, lo, hi, self._scratch.get(0, g))
                     update.add_(w, alpha=wd)  # decoupled decay: p -= lr * wd * p, with the same lr
                     _add(p, idx, lo, hi, update, -lr)
         return loss
 
 
-def _get(t: torch.Tensor, idx: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
-    """A fresh copy of the rows (never a view: callers update it in place)."""
-    return t[lo:hi].clone() if idx is None else t.index_select(0, idx)
+def _get(t: torch.Tensor, idx: torch.Tensor | None, lo: int, hi: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """A copy of the rows, in ``out`` when given (never a view: callers update it in place)."""
+    if out is None:
+        return t[lo:hi].clone() if idx is None else t.index_select(0, idx)
+    return out.copy_(t[lo:hi]) if idx is None else torch.index_select(t, 0, idx, out=out)
 
 
 def _put(t: torch.Tensor, idx: torch.Tensor | None, lo: int, hi: int, value: torch.Tensor) -> None:

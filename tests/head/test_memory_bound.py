@@ -14,14 +14,22 @@ from partial_fc import PartialFC, margins
 
 
 class LogitTracker(TorchDispatchMode):
-    """Records every tensor an aten op creates; counts live (B, c > D) tensors as logit tiles."""
+    """Watches every tensor an aten op returns. A 2-D tensor with a batch-sized dimension and
+    another dimension larger than D is a logit tile (either layout); the memory counted is
+    that of the distinct storages behind live tiles, so views of one reused buffer count once."""
 
     def __init__(self, batch: int, dim: int) -> None:
         super().__init__()
         self.batch, self.dim = batch, dim
-        self.live: dict[int, int] = {}
+        self.live: dict[int, list[int]] = {}  # storage address -> [elements, live tile tensors]
         self.peak_logits = 0
         self.largest = 0
+
+    def _release(self, ptr: int) -> None:
+        entry = self.live[ptr]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self.live[ptr]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -29,10 +37,14 @@ class LogitTracker(TorchDispatchMode):
             if not isinstance(t, torch.Tensor):
                 continue
             self.largest = max(self.largest, t.numel())
-            if t.dim() == 2 and t.shape[0] == self.batch and t.shape[1] > self.dim and id(t) not in self.live:
-                self.live[id(t)] = t.numel()
-                weakref.finalize(t, self.live.pop, id(t), None)
-                self.peak_logits = max(self.peak_logits, sum(self.live.values()))
+            rows, cols = (t.shape if t.dim() == 2 else (0, 0))
+            other = cols if rows == self.batch else rows if cols == self.batch else 0
+            if other > self.dim:
+                storage = t.untyped_storage()
+                entry = self.live.setdefault(storage.data_ptr(), [storage.nbytes() // t.element_size(), 0])
+                entry[1] += 1
+                weakref.finalize(t, self._release, storage.data_ptr())
+                self.peak_logits = max(self.peak_logits, sum(e[0] for e in self.live.values()))
         return out
 
 

@@ -1,0 +1,192 @@
+"""`partial-fc bench head`: step time and peak memory of the sharded head, against the three
+bare GEMMs of the same shapes (the floor) and a naive baseline, all measured in one run.
+
+    partial-fc bench head --classes 1000000 --dim 512 --batch 128 --sample-rate 0.1 --world-size 2
+
+Each implementation runs in its own freshly spawned ranks (gloo on CPU, NCCL on GPUs), so peak
+memory is measured from a clean process. A step is forward + backward + the head optimizer's
+step, timed on every rank; the median over the timed steps is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from partial_fc.bench.memory import MemoryMeter
+from partial_fc.comm.local import run_ranks
+from partial_fc.head.partial_fc import DEFAULT_CHUNK_SIZE
+
+MiB = 1024 * 1024
+TARGETS = {"step_vs_floor": 1.5, "peak_vs_naive": 0.6, "working_vs_naive": 0.2}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--classes", type=int, default=1_000_000, help="total classes C (all ranks)")
+    parser.add_argument("--dim", type=int, default=512, help="embedding dimension D")
+    parser.add_argument("--batch", type=int, default=128, help="samples per rank b")
+    parser.add_argument("--sample-rate", type=float, default=0.1)
+    parser.add_argument("--world-size", type=int, default=2)
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    parser.add_argument("--margin", default="arcface")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    _validate(args)
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if use_cuda and torch.cuda.device_count() < args.world_size:
+        raise SystemExit(f"--world-size {args.world_size} needs {args.world_size} GPUs, found {torch.cuda.device_count()}")
+    backend = "nccl" if use_cuda else "gloo"
+    threads = 1 if use_cuda else max(1, (os.cpu_count() or 1) // args.world_size)
+    cfg = {k: getattr(args, k) for k in ("classes", "dim", "batch", "sample_rate", "world_size", "chunk_size", "margin", "steps", "warmup")}
+    cfg["cuda"] = use_cuda
+    results = {"head": run_ranks(_bench_rank, args.world_size, dict(cfg, impl="head"), backend=backend,
+                                 threads_per_rank=threads, timeout_s=3600)}
+    if not args.no_baseline:
+        results["naive"] = run_ranks(_bench_rank, args.world_size, dict(cfg, impl="naive"), backend=backend,
+                                     threads_per_rank=threads, timeout_s=3600)
+    report = _report(cfg, results, backend=backend, threads=threads)
+    print(json.dumps(report, indent=2) if args.json else _format(report))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> None:
+    for name in ("classes", "dim", "batch", "world_size", "chunk_size", "steps"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.sample_rate <= 1:
+        raise SystemExit(f"--sample-rate must be in (0, 1], got {args.sample_rate}")
+    if args.classes < args.world_size:
+        raise SystemExit(f"--classes ({args.classes}) must be >= --world-size ({args.world_size})")
+
+
+def _bench_rank(rank: int, world_size: int, cfg: dict) -> dict:
+    from partial_fc import PartialFC, margins
+    from partial_fc.bench.naive import NaivePartialFC
+    from partial_fc.comm import make_collectives
+    from partial_fc.head.sampling import sample_classes
+    from partial_fc.optim import RowSparseSGD
+
+    device = torch.device("cuda", rank) if cfg["cuda"] else torch.device("cpu")
+    meter = MemoryMeter(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if cfg["cuda"] else (lambda: None)
+    b, dim, num_classes = cfg["batch"], cfg["dim"], cfg["classes"]
+    total = cfg["warmup"] + cfg["steps"]
+    gen = torch.Generator().manual_seed(1000 + rank)
+    inputs = [(torch.randn(b, dim, generator=gen).to(device).requires_grad_(),
+               torch.randint(0, num_classes, (b,), generator=gen).to(device)) for _ in range(total)]
+    sync()
+    before = meter.current()
+
+    margin = margins.build(cfg["margin"])
+    sgd = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    if cfg["impl"] == "head":
+        head = PartialFC(num_classes, dim, margin=margin, sample_rate=cfg["sample_rate"], chunk_size=cfg["chunk_size"],
+                         check_finite=False, device=device)
+        opt = RowSparseSGD([head.weight], **sgd)
+    else:
+        head = NaivePartialFC(num_classes, dim, margin=margin, sample_rate=cfg["sample_rate"], device=device)
+        opt = torch.optim.SGD([head.weight], **sgd)
+
+    times, losses = [], []
+    for i, (x, y) in enumerate(inputs):
+        if i == cfg["warmup"]:
+            meter.reset_peak()
+        sync()
+        t0 = time.perf_counter()
+        loss = head(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        if i >= cfg["warmup"]:
+            times.append(time.perf_counter() - t0)
+        losses.append(loss.detach().float().cpu())
+        x.grad = None
+    peak = meter.peak() - before
+    weights = head.weight.numel() * head.weight.element_size()
+    state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+    comm = make_collectives()
+    start, stop = head.class_range
+    labels = comm.all_gather(inputs[-1][1])
+    sampled = sample_classes(labels, start=start, stop=stop, seed=0, step=total - 1, sample_rate=cfg["sample_rate"]).rows.numel()
+    floor = _gemm_floor(labels.numel(), sampled, dim, device, sync, reps=max(3, cfg["steps"]))
+    return {"step_s": statistics.median(times), "floor_s": floor, "sampled": sampled, "peak": peak,
+            "weights": weights, "state": state, "first_loss": float(losses[0])}
+
+
+def _gemm_floor(batch: int, sampled: int, dim: int, device: torch.device, sync, *, reps: int) -> float:
+    """Median time of the three GEMMs a step cannot avoid: logits, embedding and class-row gradients."""
+    x = torch.randn(batch, dim, device=device)
+    w = torch.randn(sampled, dim, device=device)
+    z = torch.empty(batch, sampled, device=device)
+    dx, dw = torch.empty(batch, dim, device=device), torch.empty(sampled, dim, device=device)
+    times = []
+    for i in range(reps + 1):
+        sync()
+        t0 = time.perf_counter()
+        torch.mm(x, w.t(), out=z)
+        torch.mm(z, w, out=dx)
+        torch.mm(z.t(), x, out=dw)
+        sync()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _report(cfg: dict, results: dict, *, backend: str, threads: int) -> dict:
+    rows = []
+    for impl, per_rank in results.items():
+        for rank, r in enumerate(per_rank):
+            working = r["peak"] - r["weights"] - r["state"]
+            rows.append({"impl": impl, "rank": rank, "step_ms": 1e3 * r["step_s"], "floor_ms": 1e3 * r["floor_s"],
+                         "step_vs_floor": r["step_s"] / r["floor_s"], "peak_mib": r["peak"] / MiB,
+                         "weights_state_mib": (r["weights"] + r["state"]) / MiB, "working_mib": working / MiB,
+                         "sampled_per_rank": r["sampled"], "first_loss": r["first_loss"]})
+    summary = {"step_vs_floor": max(r["step_vs_floor"] for r in rows if r["impl"] == "head")}
+    if "naive" in results:
+        head = {r["rank"]: r for r in rows if r["impl"] == "head"}
+        naive = {r["rank"]: r for r in rows if r["impl"] == "naive"}
+        summary["naive_step_vs_floor"] = max(r["step_vs_floor"] for r in naive.values())
+        summary["peak_vs_naive"] = max(head[k]["peak_mib"] / naive[k]["peak_mib"] for k in head)
+        summary["working_vs_naive"] = max(head[k]["working_mib"] / naive[k]["working_mib"] for k in head)
+        summary["first_loss_abs_diff"] = max(abs(head[k]["first_loss"] - naive[k]["first_loss"]) for k in head)
+    device = torch.cuda.get_device_name(0) if cfg["cuda"] else f"cpu ({os.cpu_count()} cores, {threads} thread(s)/rank)"
+    return {"config": cfg, "backend": backend, "device": device, "rows": rows, "summary": summary, "targets": TARGETS,
+            "memory": "CUDA allocator peak" if cfg["cuda"] else "resident-set high-water mark (VmHWM) minus RSS before the head"}
+
+
+def _format(report: dict) -> str:
+    c = report["config"]
+    lines = [
+        f"partial-fc bench head: C={c['classes']:,} D={c['dim']} b={c['batch']}/rank (B={c['batch'] * c['world_size']}) "
+        f"r={c['sample_rate']} N={c['world_size']} chunk={c['chunk_size']} margin={c['margin']}",
+        f"device: {report['device']}, backend {report['backend']}; median of {c['steps']} steps after {c['warmup']} warm-up",
+        f"memory: {report['memory']}",
+        "",
+        f"{'impl':<6}{'rank':>5}{'step ms':>10}{'floor ms':>10}{'x floor':>9}{'peak MiB':>10}{'w+state MiB':>13}"
+        f"{'working MiB':>13}{'S/rank':>9}{'loss@0':>10}",
+    ]
+    for r in report["rows"]:
+        lines.append(f"{r['impl']:<6}{r['rank']:>5}{r['step_ms']:>10.1f}{r['floor_ms']:>10.1f}{r['step_vs_floor']:>9.2f}"
+                     f"{r['peak_mib']:>10.0f}{r['weights_state_mib']:>13.0f}{r['working_mib']:>13.0f}"
+                     f"{r['sampled_per_rank']:>9}{r['first_loss']:>10.4f}")
+    s, t = report["summary"], report["targets"]
+    lines.append("")
+    lines.append(f"head step / GEMM floor: {s['step_vs_floor']:.2f} (target <= {t['step_vs_floor']})")
+    if "peak_vs_naive" in s:
+        lines.append(f"naive step / GEMM floor: {s['naive_step_vs_floor']:.2f}")
+        lines.append(f"head peak / naive peak: {s['peak_vs_naive']:.2f} (target <= {t['peak_vs_naive']})")
+        lines.append(f"head working / naive working: {s['working_vs_naive']:.2f} (target <= {t['working_vs_naive']})")
+        lines.append(f"|loss head - loss naive| at the first step: {s['first_loss_abs_diff']:.2e}")
+    return "\n".join(lines)
