@@ -1,6 +1,6 @@
 """partial-fc: model-parallel partial-FC margin-softmax training for face recognition."""
 
-from partial_fc.head import margins
+from partial_fc import margins
 from partial_fc.head.partial_fc import PartialFC
 from partial_fc.head.ranges import class_range
 

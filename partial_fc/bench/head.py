@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--world-size", type=int, default=2)
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     parser.add_argument("--margin", default="arcface")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (optimizer state is created and first touched)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -118,7 +118,7 @@ def _bench_rank(rank: int, world_size: int, cfg: dict) -> dict:
     state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
     comm = make_collectives()
     start, stop = head.class_range
-    labels = comm.all_gather(inputs[-1][1])
+    labels = comm.all_gather(inputs[-1][1])  # also a barrier: every rank measures its floor at the same time
     sampled = sample_classes(labels, start=start, stop=stop, seed=0, step=total - 1, sample_rate=cfg["sample_rate"]).rows.numel()
     floor = _gemm_floor(labels.numel(), sampled, dim, device, sync, reps=max(3, cfg["steps"]))
     return {"step_s": statistics.median(times), "floor_s": floor, "sampled": sampled, "peak": peak,

@@ -51,17 +51,19 @@ def stream_key(seed: int, *words: int) -> int:
     return key
 
 
-def uniform_below(key: int, counters: torch.Tensor, probability: float, *, block: int = 65536) -> torch.Tensor:
-    """Boolean mask: True where the uniform [0, 1) draw of ``(key, counter)`` is < probability.
+def uniform_below(key: int, start: int, stop: int, probability: float, *, device: torch.device | str | None = None,
+                  block: int = 65536) -> torch.Tensor:
+    """(stop - start,) boolean mask: True where the uniform [0, 1) draw of ``(key, c)`` is below
+    ``probability``, for the counters c in [start, stop).
 
     Uses the top 53 bits, compared as integers, so the comparison is exact and identical on
     every device. Works through ``block`` counters at a time so the int64 temporaries stay
     small (large fresh CPU buffers cost a page fault per 4 KiB every call).
     """
     threshold = int(probability * (1 << 53))
-    out = torch.empty(counters.shape, dtype=torch.bool, device=counters.device)
-    flat_in, flat_out = counters.reshape(-1), out.view(-1)
-    for lo in range(0, flat_in.numel(), block):
-        bits = _shr(splitmix64(flat_in[lo : lo + block] + _signed(key)), 11)
-        torch.lt(bits, threshold, out=flat_out[lo : lo + block])
+    out = torch.empty(stop - start, dtype=torch.bool, device=device)
+    for lo in range(start, stop, block):
+        hi = min(stop, lo + block)
+        counters = torch.arange(lo, hi, dtype=torch.int64, device=device).add_(_signed(key))  # wraps mod 2^64
+        torch.lt(_shr(splitmix64(counters), 11), threshold, out=out[lo - start : hi - start])
     return out

@@ -39,8 +39,7 @@ def sample_classes(
     if sample_rate >= 1.0:
         rows = torch.arange(num_local, device=labels.device)
         return Sampled(rows=rows, target_pos=torch.where(owned, local, -1))
-    class_ids = torch.arange(start, stop, device=labels.device)
-    keep = uniform_below(stream_key(seed, _SAMPLE_TAG, step), class_ids, sample_rate)
+    keep = uniform_below(stream_key(seed, _SAMPLE_TAG, step), start, stop, sample_rate, device=labels.device)
     keep[local[owned]] = True
     rows = keep.nonzero().squeeze(1)
     pos = torch.searchsorted(rows, local.clamp(0, num_local - 1))

@@ -133,7 +133,7 @@ class ShardedMarginCE(torch.autograd.Function):
             torch.mm(probs, x_scaled, out=grad_tile)
             if normalize:
                 # d/dw of (x' . w)/|w|: remove the component along w, as the norm's derivative does.
-                coef = _row_dot(tile.w, grad_tile).mul_(tile.inv_norm.square())
+                coef = _row_dot(tile.w, grad_tile, workspace).mul_(tile.inv_norm.square())
                 grad_tile.addcmul_(tile.w, coef[:, None], value=-1.0)
             del tile, probs
         grad_target.mul_(scale)
@@ -153,11 +153,13 @@ def _take_rows(weight: torch.Tensor, rows: torch.Tensor | None, pos: torch.Tenso
     return weight.index_select(0, pos if rows is None else rows[pos])
 
 
-def _row_dot(a: torch.Tensor, b: torch.Tensor, block: int = 4096) -> torch.Tensor:
-    """Row-wise dot products of two (n, D) tensors without an (n, D) temporary."""
+def _row_dot(a: torch.Tensor, b: torch.Tensor, workspace: Workspace, block: int = 4096) -> torch.Tensor:
+    """Row-wise dot products of two (n, D) tensors through one reused (block, D) scratch."""
     out = a.new_empty(a.shape[0])
     for lo in range(0, a.shape[0], block):
-        out[lo : lo + block] = (a[lo : lo + block] * b[lo : lo + block]).sum(1)
+        hi = min(a.shape[0], lo + block)
+        prod = workspace.get("row_dot", (hi - lo, a.shape[1]), dtype=a.dtype, device=a.device)
+        torch.sum(torch.mul(a[lo:hi], b[lo:hi], out=prod), 1, out=out[lo:hi])
     return out
 
 
