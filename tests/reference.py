@@ -80,3 +80,87 @@ def loss(name: str, params: dict, x: torch.Tensor, weight: torch.Tensor, labels:
         row = torch.cat([row[:j], tgt[None], row[j + 1 :]])
         terms.append(torch.logsumexp(row, 0) - tgt)
     return torch.stack(terms).mean()
+
+
+# --- Modern margins (Sub-center ArcFace, AdaFace, CurricularFace, MagFace) -------------------
+# Written from the papers' formulas and the official code's update order, per sample, in
+# float64. ``state`` holds the EMA buffers before the step; the updated ones are returned.
+MODERN = ("subcenter_arcface", "adaface", "curricularface", "magface")
+
+
+def _arc(theta: torch.Tensor, cos: torch.Tensor, m) -> torch.Tensor:
+    """cos(theta + m), continued past pi - m by the line cos - cos(pi - m) - 1 (m may carry a gradient)."""
+    if float(theta.detach()) <= math.pi - float(m.detach() if isinstance(m, torch.Tensor) else m):
+        return torch.cos(theta + m)
+    m = m if isinstance(m, torch.Tensor) else torch.tensor(m, dtype=cos.dtype)
+    return cos - torch.cos(math.pi - m) - 1
+
+
+def modern_loss(name: str, params: dict, x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                state: dict | None = None, training: bool = True,
+                classes: list[list[int]] | None = None) -> tuple[torch.Tensor, dict]:
+    s = params.get("scale", 64.0)
+    k = params.get("subcenters", 3) if name == "subcenter_arcface" else 1
+    num_classes = weight.shape[0] // k
+    state = dict(state or {})
+    batch = x.shape[0]
+
+    def cos_row(i: int, cols: list[int]) -> torch.Tensor:
+        w = weight.view(num_classes, k, -1)[cols]                       # (n, K, D)
+        c = (w @ x[i]) / (w.norm(dim=2) * x[i].norm())                   # (n, K)
+        return c.max(dim=1).values                                       # max over sub-centers
+
+    if name == "adaface":
+        n = [min(max(float(x[i].detach().norm()), 0.001), 100.0) for i in range(batch)]
+        if training:
+            a = params.get("t_alpha", 0.01)
+            mean = sum(n) / batch
+            std = math.sqrt(sum((v - mean) ** 2 for v in n) / (batch - 1))
+            state["mean"] = a * mean + (1 - a) * state.get("mean", 20.0)
+            state["std"] = a * std + (1 - a) * state.get("std", 100.0)
+    if name == "curricularface":
+        tcos = [float(cos_row(i, [int(labels[i])])[0]) for i in range(batch)]
+        if training:
+            mom = params.get("momentum", 0.01)
+            state["t"] = mom * sum(tcos) / batch + (1 - mom) * state.get("t", 0.0)
+
+    terms = []
+    for i in range(batch):
+        y = int(labels[i])
+        cols = list(range(num_classes)) if classes is None else list(classes[i])
+        cos = cos_row(i, cols)
+        j = cols.index(y)
+        cy = cos[j]
+        theta = torch.arccos(cy.clamp(-1, 1))
+        row = s * cos
+        if name == "subcenter_arcface":
+            tgt = s * _arc(theta, cy, params.get("margin_rad", 0.5))
+        elif name == "curricularface":
+            m = params.get("margin_rad", 0.5)
+            tgt = s * _arc(theta, cy, m)
+            threshold = math.cos(float(theta) + m)
+            t = state["t"]
+            row = torch.where(cos > threshold, s * cos * (t + cos), s * cos)  # elementwise per class
+        elif name == "magface":
+            l_a, u_a = params.get("l_a", 10.0), params.get("u_a", 110.0)
+            l_m, u_m = params.get("l_m_rad", 0.45), params.get("u_m_rad", 0.8)
+            a = x[i].norm().clamp(l_a, u_a)
+            m = (u_m - l_m) / (u_a - l_a) * (a - l_a) + l_m
+            tgt = s * _arc(theta, cy, m)
+        elif name == "adaface":
+            m, h, eps = params.get("margin", 0.4), params.get("h", 0.333), 1e-3
+            n_i = min(max(float(x[i].detach().norm()), 0.001), 100.0)
+            scaler = min(max((n_i - state["mean"]) / (state["std"] + eps) * h, -1.0), 1.0)
+            theta_a = torch.arccos(cy.clamp(-1 + eps, 1 - eps))
+            theta_m = (theta_a - m * scaler).clamp(eps, math.pi - eps)
+            tgt = s * (torch.cos(theta_m) - (m * scaler + m))
+        else:
+            raise KeyError(name)
+        row = torch.cat([row[:j], tgt[None], row[j + 1 :]])
+        terms.append(torch.logsumexp(row, 0) - tgt)
+    loss = torch.stack(terms).mean()
+    if name == "magface":
+        l_a, u_a = params.get("l_a", 10.0), params.get("u_a", 110.0)
+        g = [(lambda a: a / u_a**2 + 1 / a)(x[i].norm().clamp(l_a, u_a)) for i in range(batch)]
+        loss = loss + params.get("lambda_g", 35.0) * torch.stack(g).mean()
+    return loss, state

@@ -11,7 +11,7 @@ from torch import nn
 from partial_fc.comm import gather_with_grad, make_collectives
 from partial_fc.head import margins as margin_registry
 from partial_fc.head.init import init_class_rows
-from partial_fc.head.margins.base import Margin
+from partial_fc.head.margins.base import Margin, overrides
 from partial_fc.head.ranges import class_range
 from partial_fc.head.sampling import sample_classes
 from partial_fc.head.sharded_ce import sharded_margin_ce
@@ -47,9 +47,16 @@ class PartialFC(nn.Module):
         check_finite: also reject non-finite embeddings (part of the same check).
 
     forward(embeddings (b, D) float, labels (b,) int) -> the mean loss over the global batch
-    of world_size x b samples, the same value on every rank. Collectives per step: one small
-    all-reduce for the checks, all-gather of embeddings (B x D) and labels (B), all-reduce MAX
-    (B), all-reduce SUM (2B); backward: reduce-scatter of the embedding gradient (B x D).
+    of world_size x b samples (plus the margin's regulariser, if any), the same value on every
+    rank. Collectives per step: one small all-reduce for the checks, all-gather of embeddings
+    (B x D) and labels (B), all-reduce MAX (B), all-reduce SUM (2B), and one all-reduce SUM (B)
+    for margins that need every sample's target cosine (CurricularFace); backward:
+    reduce-scatter of the embedding gradient (B x D).
+
+    With a sub-center margin (``margin.subcenters`` = K > 1) ``weight`` holds K rows per class,
+    class c's at local rows [(c - start) K, (c - start + 1) K), row r of the whole head
+    initialised from (seed, r); ``class_range`` stays in class ids. Margin buffers (running
+    statistics) are part of the head's state dict.
     """
 
     def __init__(
@@ -79,7 +86,12 @@ class PartialFC(nn.Module):
         self.check_inputs, self.check_finite = check_inputs, check_finite
         self.class_range = class_range(num_classes, self.comm.world_size, self.comm.rank)
         start, stop = self.class_range
-        self.weight = nn.Parameter(init_class_rows(seed, start, stop, embedding_dim, std=init_std, device=device))
+        k = self.margin.subcenters
+        if not (isinstance(k, int) and k >= 1):
+            raise ValueError(f"margin.subcenters must be an integer >= 1, got {k!r}")
+        self.weight = nn.Parameter(init_class_rows(seed, start * k, stop * k, embedding_dim, std=init_std, device=device))
+        if device is not None:
+            self.margin.to(device)
         self.workspace = Workspace()
         #: Training steps taken: drives sampling and margin schedules; saved in the state dict.
         self.step = 0
@@ -100,11 +112,21 @@ class PartialFC(nn.Module):
                 x, self.margin.scale_features(x), self.weight,
                 rows=None if rate >= 1.0 else sampled.rows, target_pos=sampled.target_pos,
                 margin=self.margin, step=self.step, comm=comm, chunk_size=self.chunk_size,
-                workspace=self.workspace,
+                workspace=self.workspace, training=self.training,
             )
+            if overrides(self.margin, "regularizer"):
+                loss = loss + self.margin.regularizer(self._own_rows_with_grad(x, embeddings.shape[0]))
         if self.training:
             self.step += 1
         return loss
+
+    def _own_rows_with_grad(self, x: torch.Tensor, b: int) -> torch.Tensor:
+        """x with gradient only through this rank's rows: a term every rank computes on the global
+        batch then gets its exact gradient from the all-gather's backward (a sum over ranks)."""
+        if self.comm.world_size == 1:
+            return x
+        lo, hi = self.comm.rank * b, (self.comm.rank + 1) * b
+        return torch.cat([x[:lo].detach(), x[lo:hi], x[hi:].detach()])
 
     def _check_local(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
         if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_dim:

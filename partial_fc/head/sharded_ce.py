@@ -7,8 +7,14 @@ global batch x (B, D) it computes the plain logits of its sampled classes tile b
 computed from cos theta_y by the margin's differentiable ``target_logit``.
 
 Collectives (forward): one all-reduce MAX of B floats, one all-reduce SUM of 2B floats
-(sum of exponentials and target logit, fused). Backward: none (the embedding gradient is
+(sum of exponentials and target logit, fused); a margin with ``needs_target_cos`` adds one
+all-reduce SUM of B floats before the tiles. Backward: none (the embedding gradient is
 reduced by the all-gather that produced x).
+
+Margin hooks (see ``Margin``): with ``subcenters`` K > 1 the rows are K per class and each
+tile takes the max over a class's rows (tiles hold chunk_size // K classes); ``prepare`` runs
+once per step before the tiles and its state is a constant of the backward;
+``negative_logits`` transforms each tile and its derivative multiplies the tile's gradient.
 
 Memory: at most one tile of chunk_size x B logits is alive. The last tile of the forward is
 kept (as exponentials) for the backward; the other tiles are recomputed there. With the
@@ -27,15 +33,41 @@ from dataclasses import dataclass
 import torch
 
 from partial_fc.comm.collectives import Collectives
-from partial_fc.head.margins.base import Margin, row_norm
+from partial_fc.head.margins.base import EPS, Margin, overrides, row_norm
 from partial_fc.head.workspace import Workspace
 
 
-def target_logits(margin: Margin, x: torch.Tensor, w: torch.Tensor, step: int) -> torch.Tensor:
-    """Margin target logits of k samples x (k, D) with their own class centers w (k, D)."""
-    x_norm, w_norm = row_norm(x), row_norm(w)
-    cos = ((x * w).sum(1) / (x_norm * w_norm)).clamp(-1.0, 1.0)
-    return margin.target_logit(cos, x_norm=x_norm, w_norm=w_norm, step=step)
+def target_cosines(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """cos theta, |x|, |w| of k samples x (k, D) with their class centers w (k, D), or with
+    their K sub-centers w (k, K, D): then the max cosine and the norm of its arg-max row."""
+    x_norm = row_norm(x)
+    if w.dim() == 2:
+        w_norm = row_norm(w)
+        return ((x * w).sum(1) / (x_norm * w_norm)).clamp(-1.0, 1.0), x_norm, w_norm
+    w_norms = torch.linalg.vector_norm(w, dim=2).clamp_min(EPS)
+    cos, best = (torch.einsum("kd,kjd->kj", x, w) / (x_norm[:, None] * w_norms)).max(1)
+    return cos.clamp(-1.0, 1.0), x_norm, w_norms.gather(1, best[:, None]).squeeze(1)
+
+
+def target_logits(margin: Margin, x: torch.Tensor, w: torch.Tensor, step: int,
+                  state: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Margin target logits of k samples x (k, D) with their own class centers w (k, D) or (k, K, D)."""
+    cos, x_norm, w_norm = target_cosines(x, w)
+    extra = {} if state is None else {"state": state}
+    return margin.target_logit(cos, x_norm=x_norm, w_norm=w_norm, step=step, **extra)
+
+
+def _prepare(margin: Margin, x: torch.Tensor, x_own: torch.Tensor, w_own: torch.Tensor, owned: torch.Tensor,
+             comm: Collectives, training: bool) -> dict[str, torch.Tensor] | None:
+    """Run the margin's per-step hook; the one place an extra collective (B floats) can happen."""
+    if not overrides(margin, "prepare"):
+        return None
+    target_cos = None
+    if margin.needs_target_cos:
+        target_cos = x.new_zeros(x.shape[0])
+        target_cos[owned] = target_cosines(x_own, w_own)[0]
+        comm.all_reduce_(target_cos, "sum")  # each sample's label is owned by exactly one rank
+    return margin.prepare(x, x_norm=row_norm(x), target_cos=target_cos, training=training)
 
 
 @dataclass
@@ -44,18 +76,23 @@ class _Tile:
     stop: int
     w: torch.Tensor          # (c, D) raw class rows of the tile
     inv_norm: torch.Tensor | None  # (c,) 1/|w_j| when the margin normalises weights
-    logits: torch.Tensor     # (c, B): transposed logits of the tile
+    logits: torch.Tensor     # (c, B): transposed logits of the tile, one row per class
+    best: torch.Tensor | None = None     # (c, B) arg-max sub-center (K > 1)
+    dlogits: torch.Tensor | None = None  # (c, B) derivative of margin.negative_logits
 
 
 class ShardedMarginCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, x_scaled, weight, rows, target_pos, margin, step, comm, chunk_size, workspace):
+    def forward(ctx, x, x_scaled, weight, rows, target_pos, margin, step, comm, chunk_size, workspace, training):
         batch = x.shape[0]
-        num_sampled = weight.shape[0] if rows is None else rows.shape[0]
+        k = margin.subcenters
+        chunk_size = max(1, chunk_size // k)  # classes per tile: at most chunk_size rows
+        num_sampled = weight.shape[0] // k if rows is None else rows.shape[0]
         owned = (target_pos >= 0).nonzero().squeeze(1)
         pos = target_pos[owned]
-        x_own, w_own = x[owned], _take_rows(weight, rows, pos)
-        target = target_logits(margin, x_own, w_own, step)
+        x_own, w_own = x[owned], _take_rows(weight, rows, pos, k)
+        state = _prepare(margin, x, x_own, w_own, owned, comm, training)
+        target = target_logits(margin, x_own, w_own, step, state)
 
         generation = workspace.claim()
         run_max = x.new_full((batch,), float("-inf"))
@@ -64,7 +101,7 @@ class ShardedMarginCE(torch.autograd.Function):
         last = None
         for start in range(0, num_sampled, chunk_size):
             tile = _compute_tile(x_scaled, weight, rows, start, min(num_sampled, start + chunk_size),
-                                 margin.normalize_weight, owned, pos, target, workspace)
+                                 margin, owned, pos, target, state, workspace)
             new_max = torch.maximum(run_max, tile.logits.amax(0))
             exps = tile.logits.sub_(new_max).exp_()   # in place: the tile now holds exp(z - max)
             run_sum = run_sum * torch.exp(run_max - new_max) + exps.sum(0)
@@ -84,6 +121,7 @@ class ShardedMarginCE(torch.autograd.Function):
         ctx.save_for_backward(x, x_scaled, weight)
         ctx.rows, ctx.owned, ctx.pos, ctx.lse = rows, owned, pos, lse
         ctx.margin, ctx.step, ctx.chunk_size, ctx.num_sampled = margin, step, chunk_size, num_sampled
+        ctx.state = state
         ctx.last, ctx.last_shift = last, run_max
         ctx.workspace, ctx.generation = workspace, generation
         return loss
@@ -93,7 +131,7 @@ class ShardedMarginCE(torch.autograd.Function):
         x, x_scaled, weight = ctx.saved_tensors
         rows, owned, pos, lse, margin = ctx.rows, ctx.owned, ctx.pos, ctx.lse, ctx.margin
         scale = grad_loss / x.shape[0]
-        normalize = margin.normalize_weight
+        normalize, k, state = margin.normalize_weight, margin.subcenters, ctx.state
 
         workspace = ctx.workspace
         if ctx.workspace.generation != ctx.generation:
@@ -103,14 +141,14 @@ class ShardedMarginCE(torch.autograd.Function):
         # The class-row gradient lives in the workspace from step to step, unless an earlier
         # gradient is still held in weight.grad (accumulation), whose memory it may share.
         if weight.grad is None:
-            grad_rows = workspace.get("grad_rows", (ctx.num_sampled, x.shape[1]), dtype=x.dtype, device=x.device)
+            grad_rows = workspace.get("grad_rows", (ctx.num_sampled * k, x.shape[1]), dtype=x.dtype, device=x.device)
         else:
-            grad_rows = x.new_empty(ctx.num_sampled, x.shape[1])
+            grad_rows = x.new_empty(ctx.num_sampled * k, x.shape[1])
         grad_target = x.new_zeros(owned.shape[0])
         with torch.enable_grad():
             x_own = x[owned].detach().requires_grad_()
-            w_own = _take_rows(weight, rows, pos).detach().requires_grad_()
-            target = target_logits(margin, x_own, w_own, ctx.step)
+            w_own = _take_rows(weight, rows, pos, k).detach().requires_grad_()
+            target = target_logits(margin, x_own, w_own, ctx.step, state)
         starts = list(range(0, ctx.num_sampled, ctx.chunk_size))
         for start in reversed(starts):
             stop = min(ctx.num_sampled, start + ctx.chunk_size)
@@ -119,17 +157,21 @@ class ShardedMarginCE(torch.autograd.Function):
                 tile, ctx.last = ctx.last, None
                 probs = tile.logits.mul_(torch.exp(ctx.last_shift - lse))
             else:
-                tile = _compute_tile(x_scaled, weight, rows, start, stop, normalize, owned, pos, target.detach(), workspace)
+                tile = _compute_tile(x_scaled, weight, rows, start, stop, margin, owned, pos, target.detach(), state, workspace)
                 probs = tile.logits.sub_(lse).exp_()
             # Targets go through the margin's own derivative below, not through the GEMMs.
             sel = ((pos >= start) & (pos < stop)).nonzero().squeeze(1)
             grad_target[sel] = probs[pos[sel] - start, owned[sel]] - 1.0
             probs[pos[sel] - start, owned[sel]] = 0.0
             probs.mul_(scale)
+            if tile.dlogits is not None:
+                probs.mul_(tile.dlogits)
+            if tile.best is not None:
+                probs = _to_subcenter_rows(probs, tile.best, k, workspace)
             if normalize:
                 probs.mul_(tile.inv_norm[:, None])
             grad_x_scaled.addmm_(probs.t(), tile.w)
-            grad_tile = grad_rows[start:stop]
+            grad_tile = grad_rows[start * k : stop * k]
             torch.mm(probs, x_scaled, out=grad_tile)
             if normalize:
                 # d/dw of (x' . w)/|w|: remove the component along w, as the norm's derivative does.
@@ -140,17 +182,36 @@ class ShardedMarginCE(torch.autograd.Function):
 
         grad_x_own, grad_w_own = torch.autograd.grad(target, (x_own, w_own), grad_target)
         grad_x = torch.zeros_like(x).index_add_(0, owned, grad_x_own)
-        grad_rows.index_add_(0, pos, grad_w_own)
+        grad_rows.view(ctx.num_sampled, k, -1).index_add_(0, pos, grad_w_own.view(-1, k, x.shape[1]))
 
         grad_weight = None
         if ctx.needs_input_grad[2]:
-            indices = rows if rows is not None else torch.arange(weight.shape[0], device=weight.device)
+            indices = _row_ids(rows, k) if rows is not None else torch.arange(weight.shape[0], device=weight.device)
             grad_weight = torch.sparse_coo_tensor(indices[None], grad_rows, weight.shape, is_coalesced=True, check_invariants=False)
-        return grad_x, grad_x_scaled, grad_weight, None, None, None, None, None, None, None
+        return grad_x, grad_x_scaled, grad_weight, None, None, None, None, None, None, None, None
 
 
-def _take_rows(weight: torch.Tensor, rows: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
-    return weight.index_select(0, pos if rows is None else rows[pos])
+def _row_ids(classes: torch.Tensor, k: int) -> torch.Tensor:
+    """Shard row indices of the K sub-centers of the given local classes, class by class."""
+    if k == 1:
+        return classes
+    return (classes[:, None] * k + torch.arange(k, device=classes.device)).flatten()
+
+
+def _take_rows(weight: torch.Tensor, rows: torch.Tensor | None, pos: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """(n, D) class rows at sampled positions pos, or (n, K, D) with sub-centers."""
+    classes = pos if rows is None else rows[pos]
+    if k == 1:
+        return weight.index_select(0, classes)
+    return weight.index_select(0, _row_ids(classes, k)).view(-1, k, weight.shape[1])
+
+
+def _to_subcenter_rows(probs: torch.Tensor, best: torch.Tensor, k: int, workspace: Workspace) -> torch.Tensor:
+    """(c, B) class gradients -> (c K, B) row gradients, all on each class's arg-max row (max's derivative)."""
+    c, batch = probs.shape
+    out = workspace.get("tile_rows_grad", (c, k, batch), dtype=probs.dtype, device=probs.device).zero_()
+    out.scatter_(1, best[:, None, :], probs[:, None, :])
+    return out.view(c * k, batch)
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor, workspace: Workspace, block: int = 4096) -> torch.Tensor:
@@ -163,32 +224,43 @@ def _row_dot(a: torch.Tensor, b: torch.Tensor, workspace: Workspace, block: int 
     return out
 
 
-def _compute_tile(x_scaled, weight, rows, start, stop, normalize, owned, pos, target, workspace) -> _Tile:
+def _compute_tile(x_scaled, weight, rows, start, stop, margin, owned, pos, target, state, workspace) -> _Tile:
+    """Logits of the sampled classes [start, stop) (their K rows each), margin targets in place."""
     opts = dict(dtype=x_scaled.dtype, device=x_scaled.device)
+    k = margin.subcenters
+    n = (stop - start) * k
     if rows is None:
-        w = weight[start:stop]
+        w = weight[start * k : stop * k]
     else:
-        w = torch.index_select(weight, 0, rows[start:stop], out=workspace.get("tile_w", (stop - start, weight.shape[1]), **opts))
+        w = torch.index_select(weight, 0, _row_ids(rows[start:stop], k), out=workspace.get("tile_w", (n, weight.shape[1]), **opts))
     # classes x batch: the layout in which all three GEMMs run fastest on CPU
-    logits = torch.mm(w, x_scaled.t(), out=workspace.get("tile_logits", (stop - start, x_scaled.shape[0]), **opts))
+    logits = torch.mm(w, x_scaled.t(), out=workspace.get("tile_logits", (n, x_scaled.shape[0]), **opts))
     inv_norm = None
-    if normalize:
+    if margin.normalize_weight:
         inv_norm = row_norm(w).reciprocal_()
         logits.mul_(inv_norm[:, None])
+    best = dlogits = None
+    if k > 1:
+        logits, best = logits.view(stop - start, k, -1).max(1)
+    if margin.transforms_negatives:
+        logits, dlogits = margin.negative_logits(logits, state)
     sel = ((pos >= start) & (pos < stop)).nonzero().squeeze(1)
     logits[pos[sel] - start, owned[sel]] = target[sel]
-    return _Tile(start, stop, w, inv_norm, logits)
+    return _Tile(start, stop, w, inv_norm, logits, best, dlogits)
 
 
 def sharded_margin_ce(
     x: torch.Tensor, x_scaled: torch.Tensor, weight: torch.Tensor, *, rows: torch.Tensor | None,
     target_pos: torch.Tensor, margin: Margin, step: int, comm: Collectives, chunk_size: int, workspace: Workspace,
+    training: bool = False,
 ) -> torch.Tensor:
     """Mean margin cross-entropy of the global batch over the classes of all ranks.
 
     x: (B, D) global embeddings; x_scaled: ``margin.scale_features(x)``; weight: (n, D) this
-    rank's shard; rows: (S,) sorted sampled row indices, or None for all rows; target_pos: (B,)
-    position of each label in the sampled rows, -1 where another rank owns the label.
-    workspace: buffers reused across calls (see ``Workspace``). Returns the same scalar on every rank.
+    rank's shard ((classes x K, D) with K = margin.subcenters); rows: (S,) sorted sampled local
+    class indices, or None for all classes; target_pos: (B,) position of each label in the
+    sampled classes, -1 where another rank owns the label. workspace: buffers reused across
+    calls (see ``Workspace``). training: lets ``margin.prepare`` update its running statistics.
+    Returns the same scalar on every rank.
     """
-    return ShardedMarginCE.apply(x, x_scaled, weight, rows, target_pos, margin, step, comm, chunk_size, workspace)
+    return ShardedMarginCE.apply(x, x_scaled, weight, rows, target_pos, margin, step, comm, chunk_size, workspace, training)

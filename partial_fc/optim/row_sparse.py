@@ -22,7 +22,7 @@ from collections.abc import Iterable
 import torch
 
 
-def _sampled_rows(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+def sampled_rows(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(row indices or None for all rows, gradient rows)."""
     if not grad.is_sparse:
         return None, grad
@@ -85,7 +85,7 @@ class RowSparseSGD(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                rows, grads = _sampled_rows(p.grad)
+                rows, grads = sampled_rows(p.grad)
                 state = self.state[p]
                 if mu and "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -132,12 +132,15 @@ class RowSparseAdamW(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                rows, grads = _sampled_rows(p.grad)
+                rows, grads = sampled_rows(p.grad)
                 state = self.state[p]
                 if not state:
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
-                    state["row_steps"] = torch.zeros(p.shape[0], dtype=torch.int64, device=p.device)
+                    # per-row update counts in the parameter's float dtype, as torch's AdamW keeps its
+                    # step: exact to 2^24 updates of one row (fp32), and Optimizer.load_state_dict
+                    # casts state tensors to the parameter dtype anyway
+                    state["row_steps"] = torch.zeros(p.shape[0], dtype=p.dtype, device=p.device)
                 for lo in range(0, grads.shape[0], self.block_rows):
                     hi = min(grads.shape[0], lo + self.block_rows)
                     idx = None if rows is None else rows[lo:hi]
@@ -148,7 +151,7 @@ class RowSparseAdamW(torch.optim.Optimizer):
                     _put(state["exp_avg"], idx, lo, hi, m)
                     v = _get(state["exp_avg_sq"], idx, lo, hi, self._scratch.get(1, g)).mul_(beta2).addcmul_(g, g, value=1 - beta2)
                     _put(state["exp_avg_sq"], idx, lo, hi, v)
-                    steps = steps.to(p.dtype)[:, None]
+                    steps = steps[:, None]
                     bc1 = 1 - torch.pow(beta1, steps)
                     bc2_sqrt = torch.sqrt(1 - torch.pow(beta2, steps))
                     # update = m / bc1 / (sqrt(v) / bc2_sqrt + eps), built in v's scratch
