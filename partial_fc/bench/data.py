@@ -16,32 +16,30 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
+from partial_fc.data.loader_config import TrainLoaderConfig
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, default=None, help="shard directory with a manifest (default: a temporary synthetic set)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="shard directory with a manifest (default: a temporary synthetic set)")  # fmt: skip
     parser.add_argument("--size", type=int, default=112, help="image side of the temporary synthetic set (default 112)")
     parser.add_argument("--images", type=int, default=4000, help="images in the temporary synthetic set (default 4000)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=24, help="batches per timed repeat (default 24)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers for the total (default: all cores)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="DataLoader workers for the total (default: all cores)")  # fmt: skip
 
 
-def _median_rate(samples: list[float]) -> float:
-    return statistics.median(samples)
-
-
-def _decode_only(config: object, repeats: int) -> float:
-    import tarfile
-
+def _decode_only(config: TrainLoaderConfig, repeats: int) -> float:
     import simplejpeg
 
-    shard = config.shards[0]  # type: ignore[attr-defined]
-    with tarfile.open(shard) as tar:
+    with tarfile.open(config.shards[0]) as tar:
         jpegs = [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")][:2000]  # type: ignore[union-attr]
     rates = []
     for _ in range(repeats):
@@ -49,71 +47,70 @@ def _decode_only(config: object, repeats: int) -> float:
         for data in jpegs:
             simplejpeg.decode_jpeg(data, colorspace="RGB")
         rates.append(len(jpegs) / (time.perf_counter() - start))
-    return _median_rate(rates)
+    return statistics.median(rates)
 
 
-def _per_worker(config: object, batches: int, repeats: int) -> tuple[float, float]:
-    """(wall images/s, CPU images/s) of the worker pipeline run in this process."""
+def _per_worker(config: TrainLoaderConfig, batches: int, repeats: int) -> tuple[float, float]:
+    """(wall images/s, images per CPU-second) of the worker pipeline run in this process."""
     from partial_fc.data.worker_stream import ShardStream
 
     wall, cpu = [], []
     for r in range(repeats):
-        stream = iter(ShardStream(config, rank=0, world_size=1, epoch=r, steps=batches + 1))  # type: ignore[arg-type]
-        images, _, _ = next(stream)  # fills the shuffle buffer; not timed
+        stream = iter(ShardStream(config, rank=0, world_size=1, epoch=r, steps=batches + 1))
+        next(stream)  # fills the shuffle buffer; not timed
         t, c, n = time.perf_counter(), time.process_time(), 0
         for images, _, _ in stream:
             n += len(images)
         wall.append(n / (time.perf_counter() - t))
         cpu.append(n / (time.process_time() - c))
-    return _median_rate(wall), _median_rate(cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
-def _total(config: object, batches: int, repeats: int) -> float:
+def _total(config: TrainLoaderConfig, batches: int, repeats: int) -> float:
     from partial_fc.data.loader import build_train_loader
 
     rates = []
     for r in range(repeats):
-        loader = build_train_loader(config.with_(steps_per_epoch=batches + 1), rank=0, world_size=1, epoch=r)  # type: ignore[attr-defined]
-        it = iter(loader)
+        it = iter(build_train_loader(config.with_(steps_per_epoch=batches + 1), rank=0, world_size=1, epoch=r))
         next(it)  # worker start-up and the first shuffle-buffer fill are not throughput
         t, n = time.perf_counter(), 0
         for images, _ in it:
             n += len(images)
         rates.append(n / (time.perf_counter() - t))
-    return _median_rate(rates)
+    return statistics.median(rates)
+
+
+def _synthetic(out: Path, *, images: int, size: int, workers: int) -> None:
+    from partial_fc.data.synth.config import SynthConfig
+    from partial_fc.data.synth.generate import generate
+
+    identities = max(2, images // 20)
+    config = SynthConfig(out_dir=out, identities=identities, images_per_identity=20, size=size, pairs=0,
+                         heldout_identities=0, workers=workers, shard_samples=max(1, identities * 20 // 8))  # fmt: skip
+    generate(config, show_progress=False)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from partial_fc.data.loader_config import TrainLoaderConfig
-
     torch.set_num_threads(1)
+    cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="pfc-bench-data-") as tmp:
         data_dir = args.data
         if data_dir is None:
-            from partial_fc.data.synth.config import SynthConfig
-            from partial_fc.data.synth.generate import generate
-
             data_dir = Path(tmp)
-            identities = max(2, args.images // 20)
-            generate(
-                SynthConfig(out_dir=data_dir, identities=identities, images_per_identity=20, size=args.size,
-                            pairs=0, heldout_identities=0, workers=min(args.workers, os.cpu_count() or 1),
-                            shard_samples=max(1, identities * 20 // 8)),  # fmt: skip
-                show_progress=False,
-            )
+            _synthetic(data_dir, images=args.images, size=args.size, workers=min(args.workers, cores))
         config = TrainLoaderConfig.from_manifest(
             data_dir, batch_size=args.batch_size, num_workers=args.workers, shuffle_buffer=1000, steps_per_epoch=1
         )
-        cores = os.cpu_count() or 1
         decode = _decode_only(config, args.repeats)
         worker_wall, worker_cpu = _per_worker(config, args.batches, args.repeats)
         total = _total(config, args.batches, args.repeats)
     used = min(args.workers, cores)
-    print(f"data: {data_dir if args.data else f'temporary synthetic set, {args.size}x{args.size} JPEG'}, "
-          f"batch {args.batch_size}, median of {args.repeats} repeats, {cores} cores")  # fmt: skip
+    source = args.data if args.data else f"temporary synthetic set, {args.size}x{args.size} JPEG"
+    print(f"data: {source}, batch {args.batch_size}, median of {args.repeats} repeats, {cores} cores")
     print(f"decode only (simplejpeg, 1 core):      {decode:10,.0f} img/s")
-    print(f"per worker (decode+augment, 1 core):   {worker_wall:10,.0f} img/s wall, {worker_cpu:,.0f} img/s per CPU-second")
+    print(f"per worker (decode+augment, 1 core):   {worker_wall:10,.0f} img/s wall, "
+          f"{worker_cpu:,.0f} img/s per CPU-second")  # fmt: skip
     print(f"total ({args.workers} DataLoader workers):      {total:10,.0f} img/s  ({total / used:,.0f} per core used)")
     return 0

@@ -1,0 +1,57 @@
+"""InsightFace verification sets (lfw.bin, cfp_fp.bin, agedb_30.bin, ...), read safely.
+
+A .bin is a pickle of ``(bins, issame_list)``: ``bins`` holds 2N images in pair order, each
+JPEG bytes (Python 2 str, read as bytes) or a uint8 array: a 1-D array of encoded bytes, or a
+decoded (H, W, 3) / (3, H, W) image. It is read with the restricted unpickler, so a malicious
+file fails with an error naming the global it reached for instead of running it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from partial_fc.data.images import as_jpeg, is_jpeg
+from partial_fc.data.pairs import PairSet
+from partial_fc.data.safe_unpickle import restricted_load
+
+
+def _element(item: object, k: int, path: Path) -> bytes | np.ndarray:
+    if isinstance(item, bytes | bytearray):
+        return bytes(item)
+    if isinstance(item, np.ndarray) and item.dtype == np.uint8:
+        if item.ndim == 1:
+            return item.tobytes()
+        if item.ndim == 3 and item.shape[-1] == 3:
+            return np.ascontiguousarray(item)
+        if item.ndim == 3 and item.shape[0] == 3:
+            return np.ascontiguousarray(item.transpose(1, 2, 0))
+    what = f"{type(item).__name__}" + (f" {item.dtype} {item.shape}" if isinstance(item, np.ndarray) else "")
+    raise ValueError(f"{path}: image {k} is {what}; expected bytes or a uint8 array (encoded, HWC or CHW)")
+
+
+def read_insightface_bin(path: str | Path) -> PairSet:
+    path = Path(path)
+    with open(path, "rb") as f:
+        loaded = restricted_load(f, encoding="bytes")
+    if not (isinstance(loaded, tuple | list) and len(loaded) == 2):
+        raise ValueError(f"{path}: expected a pickled (bins, issame_list) pair, got {type(loaded).__name__}")
+    bins, issame_list = loaded
+    issame = np.array([bool(x) for x in issame_list], dtype=np.bool_)
+    if len(bins) != 2 * len(issame):
+        raise ValueError(f"{path}: {len(bins)} images for {len(issame)} pairs, expected {2 * len(issame)}")
+    elements = [_element(item, k, path) for k, item in enumerate(bins)]
+    meta = {"source": "insightface-bin", "file": path.name}
+    if all(isinstance(e, bytes) for e in elements):
+        # Non-JPEG encodings (PNG) are re-encoded so the pair file holds only JPEG.
+        images: list[bytes] | np.ndarray = [e if is_jpeg(e) else as_jpeg(e) for e in elements]  # type: ignore[arg-type]
+    else:
+        from partial_fc.data.images import decode_rgb
+
+        arrays = [e if isinstance(e, np.ndarray) else decode_rgb(e) for e in elements]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) != 1:
+            raise ValueError(f"{path}: decoded images have different shapes {sorted(shapes)[:4]}; cannot store them raw")
+        images = np.stack(arrays)
+    return PairSet(name=path.stem, images=images, issame=issame, meta=meta)

@@ -1,0 +1,88 @@
+"""The training loader: endless resampled shards, split by rank and worker, equal length.
+
+    config = TrainLoaderConfig.from_manifest("data/synth", batch_size=128, num_workers=4)
+    loader = build_train_loader(config, rank=rank, world_size=world_size)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for images, labels in loader:      # (B, 3, S, S) float32 in [-1, 1], (B,) int64
+            ...
+        log(loader.stats.as_dict())        # corrupt samples skipped, read errors, ...
+
+Every rank yields exactly ``len(loader)`` batches per epoch whatever the shard count or sizes,
+so collectives in the training step never wait on a rank whose data ran out. The data a
+(rank, worker) sees is a function of (seed, rank, worker, epoch) only. Rank and world size are
+arguments; nothing here looks up the process group.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+from partial_fc.data.loader_config import TrainLoaderConfig
+from partial_fc.data.loader_stats import LoaderStats
+from partial_fc.data.worker_stream import ShardStream
+
+
+def _worker_init(worker_id: int) -> None:
+    # Decoding is one image at a time per worker; torch's intra-op threads would only fight
+    # the other workers for the same cores.
+    torch.set_num_threads(1)
+
+
+class TrainLoader:
+    def __init__(self, config: TrainLoaderConfig, *, rank: int, world_size: int, epoch: int = 0) -> None:
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.config, self.rank, self.world_size, self.epoch = config, rank, world_size, epoch
+        self.steps = config.steps_for(world_size)
+        self.stats = LoaderStats()
+        self.pin_memory = torch.cuda.is_available() if config.pin_memory is None else config.pin_memory
+        streams = world_size * max(config.num_workers, 1)
+        if len(config.shards) < streams:
+            warnings.warn(
+                f"{len(config.shards)} shards for {streams} reading streams ({world_size} ranks x "
+                f"{max(config.num_workers, 1)} workers): streams will read the same shards at the same "
+                "time and batches will repeat samples more than a shuffled pass would; write smaller shards",
+                stacklevel=2,
+            )
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch the next iteration reads (otherwise each full pass advances it)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        cfg = self.config
+        dataset = ShardStream(cfg, rank=self.rank, world_size=self.world_size, epoch=self.epoch, steps=self.steps)
+        workers = cfg.num_workers
+        loader = DataLoader(
+            dataset,
+            batch_size=None,  # batches are built in the workers
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            worker_init_fn=_worker_init if workers > 0 else None,
+            prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
+            persistent_workers=False,  # workers must see the new epoch
+            multiprocessing_context=cfg.worker_start_method if workers > 0 else None,
+        )
+        for images, labels, counts in loader:
+            self.stats.add_batch(len(labels), counts.tolist())
+            yield images, labels
+        self.epoch += 1
+
+
+def build_train_loader(config: TrainLoaderConfig, *, rank: int, world_size: int, epoch: int = 0) -> TrainLoader:
+    """The training loader of one rank; see the module docstring."""
+    return TrainLoader(config, rank=rank, world_size=world_size, epoch=epoch)

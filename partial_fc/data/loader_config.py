@@ -1,0 +1,90 @@
+"""TrainLoaderConfig: what the training loader reads and how, validated on creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from partial_fc.data.manifest import load_manifest
+
+
+@dataclass(frozen=True)
+class TrainLoaderConfig:
+    """``batch_size`` is per rank. ``steps_per_epoch`` batches come out of every rank each
+    epoch; when None it is num_samples // (batch_size * world_size) (at least 1)."""
+
+    shards: tuple[str, ...]
+    batch_size: int
+    num_classes: int | None = None
+    num_samples: int | None = None
+    steps_per_epoch: int | None = None
+    image_size: int = 112
+    num_workers: int = 2
+    seed: int = 0
+    shuffle_buffer: int = 2000
+    flip: bool = True
+    pin_memory: bool | None = None  # None: pin when CUDA is available
+    prefetch_factor: int = 2
+    # False: batches stay uint8 (B, 3, S, S) and the trainer normalises them on the device with
+    # worker_stream.normalize_images: a quarter of the bytes moved worker->trainer and host->GPU
+    # (on the shared 2-core CI machine the effect on total images/s was within run-to-run noise).
+    normalize_in_worker: bool = True
+    # DataLoader worker start method; None keeps the process default (fork on Linux under
+    # torchrun). Ranks started with spawn inherit spawn, which re-imports torch in every worker
+    # every epoch: "fork" avoids that (workers never touch CUDA).
+    worker_start_method: str | None = None
+    # Skipping is for the odd bad sample; this many failures in a row (not a decodable image
+    # among them) means the data is not what it should be, and the worker raises.
+    max_corrupt_in_a_row: int = 1000
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        need(len(self.shards) > 0, "data.shards is empty: give at least one .tar shard (or use from_manifest)")
+        need(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
+        need(self.num_classes is None or self.num_classes >= 1, f"data.num_classes must be >= 1, got {self.num_classes}")
+        need(self.num_samples is None or self.num_samples >= 1, f"data.num_samples must be >= 1, got {self.num_samples}")
+        need(
+            self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+            f"data.steps_per_epoch must be >= 1, got {self.steps_per_epoch}",
+        )
+        need(
+            self.steps_per_epoch is not None or self.num_samples is not None,
+            "data.steps_per_epoch is None and so is data.num_samples; set one (from_manifest sets num_samples)",
+        )
+        need(16 <= self.image_size <= 1024, f"data.image_size must be in [16, 1024] pixels, got {self.image_size}")
+        need(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+        need(self.seed >= 0, f"data.seed must be a non-negative integer, got {self.seed}")
+        need(self.shuffle_buffer >= 1, f"data.shuffle_buffer must be >= 1 (1 = no shuffling), got {self.shuffle_buffer}")
+        need(self.prefetch_factor >= 1, f"data.prefetch_factor must be >= 1, got {self.prefetch_factor}")
+        need(self.max_corrupt_in_a_row >= 1, f"data.max_corrupt_in_a_row must be >= 1, got {self.max_corrupt_in_a_row}")
+        methods = (None, "fork", "spawn", "forkserver")
+        need(
+            self.worker_start_method in methods,
+            f"data.worker_start_method must be one of {methods}, got {self.worker_start_method!r}",
+        )
+
+    @classmethod
+    def from_manifest(cls, data_dir: str | Path, **overrides: Any) -> TrainLoaderConfig:
+        """Shards, class and sample counts from ``DIR/manifest.json``; everything else from
+        ``overrides`` (batch_size is required)."""
+        manifest = load_manifest(data_dir)
+        root = Path(data_dir) if Path(data_dir).is_dir() else Path(data_dir).parent
+        base = {
+            "shards": tuple(manifest.shard_paths(root)),
+            "num_classes": manifest.num_classes,
+            "num_samples": manifest.num_samples,
+        }
+        return cls(**{**base, **overrides})
+
+    def steps_for(self, world_size: int) -> int:
+        if self.steps_per_epoch is not None:
+            return self.steps_per_epoch
+        assert self.num_samples is not None
+        return max(1, self.num_samples // (self.batch_size * world_size))
+
+    def with_(self, **changes: Any) -> TrainLoaderConfig:
+        return replace(self, **changes)

@@ -1,0 +1,196 @@
+"""What one DataLoader worker runs: shards -> samples -> shuffled -> decoded, flipped,
+normalised batches.
+
+Each worker yields a fixed number of whole batches, built in the worker, as
+``(images (B, 3, S, S) float32 in [-1, 1], labels (B,) int64, counts (len(COUNTS),) int64)``
+(images uint8 when config.normalize_in_worker is False),
+where ``counts`` are the samples skipped (see loader_stats.COUNTS) since its previous batch.
+A sample that does not decode is skipped and counted, never raised: one bad JPEG in a billion
+must not end a run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from partial_fc.data.images import CorruptImageError, decode_rgb
+from partial_fc.data.loader_config import TrainLoaderConfig
+from partial_fc.data.loader_stats import COUNTS
+from partial_fc.data.seeding import STREAM_WORKER, derive_seed
+from partial_fc.data.shard_source import stream_shards
+
+
+@dataclass
+class _Counts:
+    corrupt_samples: int = 0
+    read_errors: int = 0
+    resized: int = 0
+
+    def read_error(self, exc: Exception) -> bool:
+        """webdataset handler: count the error and go on with the next shard/member."""
+        self.read_errors += 1
+        return True
+
+    def take(self) -> torch.Tensor:
+        out = torch.tensor([getattr(self, name) for name in COUNTS], dtype=torch.int64)
+        self.corrupt_samples = self.read_errors = self.resized = 0
+        return out
+
+
+def batches_for_worker(steps: int, worker: int, num_workers: int) -> int:
+    """Batches worker ``worker`` yields so that all workers together yield ``steps``."""
+    return steps // num_workers + (1 if worker < steps % num_workers else 0)
+
+
+def to_float_chw(images: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [-1, 1]."""
+    # Transposing the uint8 bytes first and converting contiguously is ~2x faster than a
+    # strided uint8 -> float copy (measured on one core, 128x112x112 batches).
+    out = np.ascontiguousarray(images.transpose(0, 3, 1, 2)).astype(np.float32)
+    out *= np.float32(1.0 / 127.5)
+    out -= np.float32(1.0)
+    return torch.from_numpy(out)
+
+
+def to_uint8_chw(images: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) uint8, a new contiguous tensor."""
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32 in [-1, 1] on the same device (same map as the workers)."""
+    return images.float().mul_(1.0 / 127.5).sub_(1.0)
+
+
+class _Watchdog:
+    """Fails loudly instead of spinning forever when no shard yields any sample (all missing,
+    empty or unreadable): an endless stream over nothing would hang every rank."""
+
+    def __init__(self, num_shards: int) -> None:
+        self.limit = max(2 * num_shards, 8)
+        self.shards_since_sample = 0
+
+    def shard_started(self, url: str) -> None:
+        self.shards_since_sample += 1
+        if self.shards_since_sample > self.limit:
+            raise RuntimeError(
+                f"{self.shards_since_sample} shards in a row gave no sample (last: {url}); "
+                "are the shard paths right and the files readable tar archives?"
+            )
+
+    def watch(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for sample in samples:
+            self.shards_since_sample = 0
+            yield sample
+
+
+def decode_batches(
+    samples: Iterator[dict[str, Any]],
+    *,
+    batch_size: int,
+    image_size: int,
+    flip: bool,
+    rng: np.random.Generator,
+    counts: _Counts,
+    num_classes: int | None,
+    normalize: bool = True,
+    max_corrupt_in_a_row: int = 1000,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Whole batches (images, labels, skip counts since the previous batch) from samples with
+    ``jpg`` and ``cls`` members; the flip is drawn from ``rng`` once per kept sample."""
+    finish = to_float_chw if normalize else to_uint8_chw
+    buffer = np.empty((batch_size, image_size, image_size, 3), dtype=np.uint8)
+    labels = np.empty(batch_size, dtype=np.int64)
+    n = failures_in_a_row = 0
+    for sample in samples:
+        data, cls = sample.get("jpg"), sample.get("cls")
+        try:
+            if data is None or cls is None:
+                raise ValueError("sample lacks a jpg or a cls member")
+            label = int(cls)
+            image = decode_rgb(data)
+        except (ValueError, CorruptImageError):  # int(b"x") and a bad image both land here
+            counts.corrupt_samples += 1
+            failures_in_a_row += 1
+            if failures_in_a_row > max_corrupt_in_a_row:
+                # Skipping is for the odd bad sample; an endless run of them would be a hang.
+                raise RuntimeError(
+                    f"{failures_in_a_row} samples in a row failed to decode or had no label "
+                    f"(last: {sample.get('__key__')!r} in {sample.get('__url__')}); are these image shards?"
+                ) from None
+            continue
+        failures_in_a_row = 0
+        if num_classes is not None and not 0 <= label < num_classes:
+            # Not corruption but a data/config mismatch: silently training on it is worse.
+            raise ValueError(
+                f"label {label} of sample {sample.get('__key__')!r} in {sample.get('__url__')} is outside "
+                f"[0, {num_classes}); do the shards belong to this manifest?"
+            )
+        if image.shape[0] != image_size or image.shape[1] != image_size:
+            image = np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.BILINEAR))
+            counts.resized += 1
+        if flip and rng.random() < 0.5:
+            image = image[:, ::-1]
+        buffer[n] = image
+        labels[n] = label
+        n += 1
+        if n == batch_size:
+            yield finish(buffer), torch.from_numpy(labels.copy()), counts.take()
+            n = 0
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """The dataset handed to DataLoader (batch_size=None: batches are built here)."""
+
+    def __init__(self, config: TrainLoaderConfig, *, rank: int, world_size: int, epoch: int, steps: int) -> None:
+        super().__init__()
+        self.config, self.rank, self.world_size, self.epoch, self.steps = config, rank, world_size, epoch, steps
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        cfg = self.config
+        seed = derive_seed(cfg.seed, STREAM_WORKER, self.rank, worker, self.epoch)  # shuffle buffer
+        flip_seed = derive_seed(cfg.seed, STREAM_WORKER, self.rank, worker, self.epoch, 1)
+        counts = _Counts()
+        watchdog = _Watchdog(len(cfg.shards))
+        order = stream_shards(
+            len(cfg.shards),
+            seed=cfg.seed,
+            epoch=self.epoch,
+            stream=self.rank * num_workers + worker,
+            num_streams=self.world_size * num_workers,
+        )
+
+        def urls() -> Iterator[dict[str, str]]:
+            for index in order:
+                watchdog.shard_started(cfg.shards[index])
+                yield {"url": cfg.shards[index]}
+
+        samples = wds.DataPipeline(
+            urls,
+            wds.tarfile_to_samples(handler=counts.read_error),
+            watchdog.watch,
+            wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), rng=random.Random(seed)),
+        )
+        batches = decode_batches(
+            iter(samples),
+            batch_size=cfg.batch_size,
+            image_size=cfg.image_size,
+            flip=cfg.flip,
+            rng=np.random.default_rng(flip_seed),
+            counts=counts,
+            num_classes=cfg.num_classes,
+            normalize=cfg.normalize_in_worker,
+            max_corrupt_in_a_row=cfg.max_corrupt_in_a_row,
+        )
+        yield from islice(batches, batches_for_worker(self.steps, worker, num_workers))
