@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("partial_fc.data.cli", "generate synthetic identities, convert folders and RecordIO to shards"),
+    "train": ("partial_fc.train.cli", "train a backbone with the sharded partial-FC head (torchrun or single process)"),
     "bench": ("partial_fc.bench.cli", "benchmarks: head step time and memory, data loading throughput"),
+    "eval": ("partial_fc.eval.cli", "verification, identification and IJB-B/C numbers of a trained backbone"),
+    "embed": ("partial_fc.embed.cli", "embeddings of an image folder or shard set (embeddings.npy + index.jsonl)"),
+    "export": ("partial_fc.export.cli", "export the backbone to ONNX or TorchScript, checked for parity"),
+    "viz": ("partial_fc.viz.cli", "figures: training curves, margin geometry on the circle and sphere"),
 }
 
 
@@ -35,7 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else "").parse_args(argv)
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except ValueError as err:
+        # Bad input (config, data, checkpoint, arguments) is one clear line, not a traceback;
+        # PARTIAL_FC_DEBUG=1 shows the traceback.
+        if os.environ.get("PARTIAL_FC_DEBUG"):
+            raise
+        print(f"partial-fc {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,173 @@
+"""The whole training config: one dataclass per section, validated on creation.
+
+    cfg = load_yaml("configs/demo.yaml", TrainConfig, overrides=["head.sample_rate=0.2"])
+
+Learning-rate convention: ``optim.lr`` is the learning rate at a global batch of
+``optim.lr_reference_batch`` samples (512 by default) and is scaled linearly to the actual global
+batch (``per-512-samples``); set ``optim.lr_reference_batch: null`` for an absolute rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from partial_fc import margins
+from partial_fc.config.dicts import coerce_fields
+from partial_fc.config.errors import ConfigError, did_you_mean
+from partial_fc.config.model import ModelConfig
+
+
+def _need(ok: bool, key: str, detail: str) -> None:
+    if not ok:
+        raise ConfigError(key, detail)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``train``: a directory with webdataset shards and manifest.json (partial-fc data synth/convert)."""
+
+    train: str = "data/synth"
+    batch_size: int = 128  # per rank
+    num_workers: int = 2
+    shuffle_buffer: int = 2000
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        _need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _need(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        _need(self.shuffle_buffer >= 1, "shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    num_classes: int | None = None  # None: take it from the data manifest
+    margin: str = "arcface"
+    margin_params: dict[str, Any] = field(default_factory=dict)
+    sample_rate: float = 1.0
+    chunk_size: int = 65536
+    init_std: float = 0.01
+    check_finite: bool = True
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        choices = margins.names()
+        _need(self.margin in choices, "margin", f"must be one of {choices}, got {self.margin!r}{did_you_mean(self.margin, choices)}")
+        _need(0.0 < self.sample_rate <= 1.0, "sample_rate", f"must be in (0, 1], got {self.sample_rate}")
+        _need(self.chunk_size >= 1, "chunk_size", f"must be >= 1, got {self.chunk_size}")
+        _need(self.num_classes is None or self.num_classes >= 1, "num_classes", f"must be >= 1, got {self.num_classes}")
+        try:
+            margins.build(self.margin, **self.margin_params)
+        except ValueError as err:
+            raise ConfigError("margin_params", str(err)) from None
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    lr_reference_batch: int | None = 512  # lr is per this many global samples; None: absolute
+    head_lr_scale: float = 1.0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    clip_grad_norm: float | None = 5.0  # backbone, as InsightFace does; None: off
+    head_clip_grad_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        _need(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _need(self.lr_reference_batch is None or self.lr_reference_batch >= 1, "lr_reference_batch",
+              f"must be >= 1 or null, got {self.lr_reference_batch}")
+        _need(self.head_lr_scale > 0, "head_lr_scale", f"must be > 0, got {self.head_lr_scale}")
+        _need(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1), got {self.momentum}")
+        _need(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        for key in ("clip_grad_norm", "head_clip_grad_norm"):
+            value = getattr(self, key)
+            _need(value is None or value > 0, key, f"must be > 0 or null, got {value}")
+
+    def lr_for(self, global_batch: int) -> float:
+        return self.lr if self.lr_reference_batch is None else self.lr * global_batch / self.lr_reference_batch
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    kind: Literal["polynomial", "cosine", "constant"] = "polynomial"
+    warmup_epochs: float = 0.0
+    power: float = 2.0  # polynomial decay power (InsightFace's PolyScheduler uses 2)
+    final_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        _need(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
+        _need(self.power > 0, "power", f"must be > 0, got {self.power}")
+        _need(0 <= self.final_lr_ratio <= 1, "final_lr_ratio", f"must be in [0, 1], got {self.final_lr_ratio}")
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    epochs: float = 20.0
+    max_steps: int | None = None  # stop early (tests, smoke runs); the schedule still spans `epochs`
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_accum: int = 1
+    engine: Literal["ddp", "deepspeed"] = "ddp"
+    zero_stage: int = 1
+    log_every: int = 10
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        _need(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        _need(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1 or null, got {self.max_steps}")
+        _need(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")
+        _need(self.zero_stage in (1, 2), "zero_stage", f"must be 1 or 2, got {self.zero_stage}")
+        for key in ("log_every", "checkpoint_every", "keep_last"):
+            _need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Verification pair sets: the project's ``*.pairs.npz`` or InsightFace ``.bin`` files."""
+
+    pairs: tuple[str, ...] = ()
+    every: int = 1000  # steps; evaluation also runs at the end
+    batch_size: int = 128
+    flip: bool = True
+    far_targets: tuple[float, ...] = (1e-1, 1e-2, 1e-3)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        _need(self.every >= 1, "every", f"must be >= 1, got {self.every}")
+        _need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    """The API key is read from WANDB_API_KEY only, never from the config. With no key (or no
+    network) runs are logged offline into the run directory."""
+
+    enabled: bool = False
+    project: str = "partial-fc"
+    name: str | None = None
+    mode: Literal["auto", "online", "offline"] = "auto"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run_dir: str = "runs/default"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)

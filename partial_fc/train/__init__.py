@@ -1,0 +1,1 @@
+"""The trainer: loop, checkpoints, logging, periodic verification."""
