@@ -1,0 +1,67 @@
+"""Load a trained backbone from a run directory or one of its ``step-N`` checkpoints.
+
+    model, cfg, step = load_backbone("runs/demo")                      # newest complete checkpoint
+    model, cfg, step = load_backbone("runs/demo/checkpoints/step-3000")
+
+The model is built from the run's resolved ``config.yaml`` and gets the backbone weights of
+``trainer.pt`` (``{"engine": {"model": state dict}, "step": N}``), read with weights_only.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from partial_fc.config import load_yaml
+from partial_fc.config.train import TrainConfig
+from partial_fc.train.checkpoint import latest_checkpoint, read_meta
+from partial_fc.train.checkpoint_files import safe_load
+
+_STEP_DIR = re.compile(r"^step-\d+$")
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(run directory, complete step-N checkpoint directory) for a run or a checkpoint path."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"checkpoint {path} does not exist; expected a run directory (with config.yaml and "
+                         f"checkpoints/step-N/) or a checkpoints/step-N directory")
+    if _STEP_DIR.match(path.name) or ".tmp" in path.name:
+        read_meta(path)  # ValueError for a temporary or incomplete checkpoint
+        return path.parent.parent, path
+    if not (path / "config.yaml").is_file():
+        raise ValueError(f"{path} is not a run directory: it has no config.yaml (expected <run>/config.yaml "
+                         f"and <run>/checkpoints/step-N/)")
+    ckpt = latest_checkpoint(path)
+    if ckpt is None:
+        raise ValueError(f"run {path} has no complete checkpoint: expected {path}/checkpoints/step-N/ with a "
+                         f"meta.json (an unfinished step-N.tmp-* directory does not count)")
+    return path, ckpt
+
+
+def load_backbone(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainConfig, int]:
+    """(backbone in eval mode on ``device``, the run's TrainConfig, the checkpoint's step)."""
+    run, ckpt = resolve_checkpoint(path)
+    config_path = run / "config.yaml"
+    if not config_path.is_file():
+        raise ValueError(f"checkpoint {ckpt} has no run config: expected {config_path} two levels up")
+    cfg = load_yaml(config_path, TrainConfig)
+    trainer_path = ckpt / "trainer.pt"
+    if not trainer_path.is_file():
+        raise ValueError(f"checkpoint {ckpt} has no trainer.pt (the backbone weights are written by rank 0)")
+    state = safe_load(trainer_path)
+    try:
+        weights = state["engine"]["model"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{trainer_path} lacks engine.model (the backbone state dict)") from None
+    model = cfg.model.build()
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"{trainer_path}: backbone weights do not fit model {cfg.model.name!r} of "
+                         f"{config_path}: {first}") from e
+    return model.to(device).eval(), cfg, int(state.get("step", read_meta(ckpt)["step"]))

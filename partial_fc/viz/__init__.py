@@ -1,0 +1,1 @@
+"""Figures beyond the evaluation plots: margin geometry on the circle and the sphere."""
