@@ -4,6 +4,7 @@ and the single-process reference. Worker functions live here so spawned ranks ca
 from __future__ import annotations
 
 import io
+import contextlib
 import os
 
 import torch
@@ -58,33 +59,44 @@ def train_steps(engine, rank: int, world_size: int, data) -> None:
             assert applied == (micro == engine.grad_accum - 1)
 
 
-def _launcher_env(rank: int) -> None:
-    os.environ.setdefault("LOCAL_RANK", str(rank))  # torchrun sets it; DeepSpeed insists on it
+@contextlib.contextmanager
+def _launcher_env(rank: int):
+    """LOCAL_RANK as torchrun would set it (DeepSpeed insists on it), restored afterwards so an
+    in-process world-size-1 run does not leave a half-set launcher environment behind."""
+    old = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = str(rank)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("LOCAL_RANK", None)
+        else:
+            os.environ["LOCAL_RANK"] = old
 
 
 def train(rank: int, world_size: int, name: str, spec: OptimizerSpec, kw: dict) -> dict[str, torch.Tensor]:
-    _launcher_env(rank)
-    engine = build_engine(name, backbone(), optimizer=spec, **kw)
-    train_steps(engine, rank, world_size, batches())
-    return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+    with _launcher_env(rank):
+        engine = build_engine(name, backbone(), optimizer=spec, **kw)
+        train_steps(engine, rank, world_size, batches())
+        return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
 
 
 def round_trip(rank: int, world_size: int, name: str, spec: OptimizerSpec, kw: dict) -> dict:
     """Step once, save through torch.save/torch.load(weights_only=True) into a differently
     initialised engine, then take the second step on both: the parameters must agree."""
-    _launcher_env(rank)
-    first, second = batches()
-    engine = build_engine(name, backbone(), optimizer=spec, **kw)
-    train_steps(engine, rank, world_size, [first])
-    buffer = io.BytesIO()
-    torch.save(engine.state_dict(), buffer)
-    state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
-    restored = build_engine(name, backbone(seed=7), optimizer=spec, **kw)
-    restored.load_state_dict(state)
-    train_steps(engine, rank, world_size, [second])
-    train_steps(restored, rank, world_size, [second])
-    return {"original": {k: v.detach().clone() for k, v in engine.module.state_dict().items()},
-            "restored": {k: v.detach().clone() for k, v in restored.module.state_dict().items()}}
+    with _launcher_env(rank):
+        first, second = batches()
+        engine = build_engine(name, backbone(), optimizer=spec, **kw)
+        train_steps(engine, rank, world_size, [first])
+        buffer = io.BytesIO()
+        torch.save(engine.state_dict(), buffer)
+        state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+        restored = build_engine(name, backbone(seed=7), optimizer=spec, **kw)
+        restored.load_state_dict(state)
+        train_steps(engine, rank, world_size, [second])
+        train_steps(restored, rank, world_size, [second])
+        return {"original": {k: v.detach().clone() for k, v in engine.module.state_dict().items()},
+                "restored": {k: v.detach().clone() for k, v in restored.module.state_dict().items()}}
 
 
 def assert_same(actual: dict, expected: dict) -> None:

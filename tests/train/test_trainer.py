@@ -24,6 +24,14 @@ from partial_fc.train.trainer import plan, train
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
 
+@pytest.fixture(autouse=True)
+def _single_process_environment(monkeypatch):
+    """In-process runs must not see launcher variables (a SLURM allocation, a leaked LOCAL_RANK)."""
+    for key in list(os.environ):
+        if key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") or key.startswith("SLURM_"):
+            monkeypatch.delenv(key)
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "data"
