@@ -126,6 +126,11 @@ def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
                  f"lr {the_plan.lr:g}, {the_plan.total_steps} steps ({the_plan.steps_per_epoch}/epoch)")
         last_steps = cfg.train.max_steps or the_plan.total_steps
         metrics: dict = {}
+        if pair_sets and step == 0:  # the untrained backbone, for comparison with the trained one
+            for name, row in _evaluate(engine.module, pair_sets, cfg, comm, device).items():
+                log.info(f"eval {name} before training: accuracy {100 * row['accuracy']:.2f} +- {100 * row['accuracy_std']:.2f} "
+                         f"auc {row['auc']:.4f} eer {100 * row['eer']:.2f}%")
+                log.log(0, {f"eval/{name}/{k}": v for k, v in row.items()})
         epoch, skip = divmod(step * cfg.train.grad_accum, len(loader))
         t_window, data_wait, window_samples = time.perf_counter(), 0.0, 0
         t_start = time.perf_counter()

@@ -67,6 +67,7 @@ def test_single_process_run_writes_config_metrics_checkpoints_and_evaluates(data
     assert load_yaml(run / "config.yaml", TrainConfig).run_dir == str(run)  # resolved config round-trips
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "loss" in r] == [2, 4, 6]
+    assert [r["step"] for r in lines if "eval/synthetic-heldout/accuracy" in r] == [0, 3, 6]  # before training too
     assert all(r["samples_per_s"] > 0 and 0 <= r["data_wait"] <= 1 for r in lines if "loss" in r)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-3", "step-6"]
     summary = json.loads((run / "summary.json").read_text())
