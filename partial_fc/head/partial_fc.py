@@ -10,6 +10,7 @@ from torch import nn
 
 from partial_fc.comm import gather_with_grad, make_collectives
 from partial_fc.head import margins as margin_registry
+from partial_fc.head.checks import check_batch, check_global
 from partial_fc.head.init import init_class_rows
 from partial_fc.head.margins.base import Margin, overrides
 from partial_fc.head.ranges import class_range
@@ -97,9 +98,11 @@ class PartialFC(nn.Module):
         self.step = 0
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        self._check_local(embeddings, labels)
+        check_batch(embeddings, labels, embedding_dim=self.embedding_dim)
+        if embeddings.device != self.weight.device:
+            raise ValueError(f"embeddings are on {embeddings.device} but the head's shard is on {self.weight.device}")
         if self.check_inputs:
-            self._check_global(embeddings, labels)
+            check_global(embeddings, labels, self.comm, num_classes=self.num_classes, check_finite=self.check_finite)
         comm = self.comm
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             grad_scale = float(comm.world_size) if self.backbone_grad_average else 1.0
@@ -127,40 +130,6 @@ class PartialFC(nn.Module):
             return x
         lo, hi = self.comm.rank * b, (self.comm.rank + 1) * b
         return torch.cat([x[:lo].detach(), x[lo:hi], x[hi:].detach()])
-
-    def _check_local(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
-        if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_dim:
-            shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
-            raise ValueError(f"embeddings must have shape (b, {self.embedding_dim}), got {shape}")
-        if not embeddings.is_floating_point():
-            raise ValueError(f"embeddings must be floating point, got {embeddings.dtype}")
-        if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
-            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-            raise ValueError(f"labels must have shape (b,), got {shape}")
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise ValueError(f"labels must be an integer tensor of class ids, got {labels.dtype}")
-        if labels.shape[0] != embeddings.shape[0]:
-            raise ValueError(f"labels ({labels.shape[0]}) and embeddings ({embeddings.shape[0]}) differ in length")
-        if embeddings.shape[0] == 0:
-            raise ValueError("empty batch: embeddings has 0 rows")
-        if embeddings.device != self.weight.device:
-            raise ValueError(f"embeddings are on {embeddings.device} but the head's shard is on {self.weight.device}")
-
-    def _check_global(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
-        b = embeddings.shape[0]
-        nonfinite = (~torch.isfinite(embeddings)).sum() if self.check_finite else torch.zeros((), dtype=torch.int64)
-        flags = torch.stack([
-            torch.tensor(b), torch.tensor(-b), labels.max().long().cpu(), -labels.min().long().cpu(), nonfinite.long().cpu(),
-        ]).to(self.weight.device)
-        max_b, neg_min_b, max_label, neg_min_label, bad = self.comm.all_reduce_(flags, "max").tolist()
-        if max_b != -neg_min_b:
-            raise ValueError(f"local batch sizes differ across ranks: between {-neg_min_b} and {max_b}; every rank must pass the same b")
-        if -neg_min_label < 0:
-            raise ValueError(f"label {-neg_min_label} is outside [0, {self.num_classes})")
-        if max_label >= self.num_classes:
-            raise ValueError(f"label {max_label} is outside [0, {self.num_classes})")
-        if bad:
-            raise ValueError(f"embeddings contain {bad} non-finite values on at least one rank")
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"step": self.step, "num_classes": self.num_classes, "class_range": list(self.class_range), "seed": self.seed}

@@ -12,7 +12,7 @@ from partial_fc.comm import make_collectives
 from partial_fc.head.init import init_class_rows
 from partial_fc.head.ranges import class_range
 from partial_fc.losses.agent import agent_loss
-from partial_fc.losses.common import check_batch, check_margin, global_batch
+from partial_fc.losses.common import check_batch, check_global, check_margin, global_batch
 
 DEFAULT_CHUNK_SIZE = 65536
 
@@ -40,9 +40,8 @@ class _AgentLoss(nn.Module):
         self.weight = nn.Parameter(init_class_rows(seed, start, stop, embedding_dim, std=init_std, device=device))
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        check_batch(embeddings, labels)
-        if embeddings.shape[1] != self.embedding_dim:
-            raise ValueError(f"embeddings must have shape (b, {self.embedding_dim}), got {tuple(embeddings.shape)}")
+        check_batch(embeddings, labels, embedding_dim=self.embedding_dim)
+        check_global(embeddings, labels, self.comm, num_classes=self.num_classes)  # a bad label is an error, not a lost term
         x_hat, y = global_batch(embeddings.to(self.weight.dtype), labels, self.comm,
                                 backbone_grad_average=self.backbone_grad_average)
         return agent_loss(x_hat, self.weight, y, first_class=self.class_range[0], kind=self.kind,

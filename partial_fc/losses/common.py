@@ -6,24 +6,7 @@ from __future__ import annotations
 import torch
 
 from partial_fc.comm import Collectives, gather_with_grad
-
-
-def check_batch(embeddings: torch.Tensor, labels: torch.Tensor) -> None:
-    """Local shape and dtype checks (no host sync)."""
-    if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2:
-        shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
-        raise ValueError(f"embeddings must have shape (b, D), got {shape}")
-    if not embeddings.is_floating_point():
-        raise ValueError(f"embeddings must be floating point, got {embeddings.dtype}")
-    if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
-        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"labels must have shape (b,), got {shape}")
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be an integer tensor of class ids, got {labels.dtype}")
-    if labels.shape[0] != embeddings.shape[0]:
-        raise ValueError(f"labels ({labels.shape[0]}) and embeddings ({embeddings.shape[0]}) differ in length")
-    if embeddings.shape[0] == 0:
-        raise ValueError("empty batch: embeddings has 0 rows")
+from partial_fc.head.checks import check_batch, check_global  # noqa: F401  (re-exported for the losses)
 
 
 def check_margin(name: str, value: float) -> float:

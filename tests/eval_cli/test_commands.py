@@ -24,29 +24,21 @@ from partial_fc.eval.align import ARCFACE_TEMPLATE_112
 from partial_fc.eval.backbone import load_backbone
 from partial_fc.eval.verification import flip_sum_normalize, pair_cosine
 from partial_fc.train.trainer import train
+from tests.tiny_run import make_tiny_data, tiny_config
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth") / "data"
-    assert cli_main(["data", "synth", "--out", str(out), "--identities", "24", "--images-per-identity", "8",
-                     "--size", "32", "--heldout-identities", "10", "--pairs", "40", "--shard-samples", "50", "--quiet"]) == 0
-    return out
+    return make_tiny_data(tmp_path_factory.mktemp("synth") / "data")
 
 
 @pytest.fixture(scope="module")
 def run_dir(data_dir, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "run"
-    train(from_dict(TrainConfig, {
-        "run_dir": str(run), "seed": 3,
-        "model": {"name": "iresnet_tiny", "embedding_dim": 32, "input_size": 32, "norm": "batch"},
-        "data": {"train": str(data_dir), "batch_size": 8, "num_workers": 0, "shuffle_buffer": 50},
-        "head": {"margin": "cosface", "margin_params": {"scale": 16.0}, "sample_rate": 0.5},
-        "optim": {"lr": 0.1, "lr_reference_batch": None},
-        "train": {"epochs": 1, "max_steps": 2, "log_every": 1, "checkpoint_every": 2, "progress_bar": False},
-    }))
+    train(from_dict(TrainConfig, tiny_config(data_dir, run, eval={"pairs": []},
+                                             train={"epochs": 1, "max_steps": 2, "log_every": 1, "checkpoint_every": 2})))
     return run
 
 

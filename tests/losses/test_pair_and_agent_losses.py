@@ -149,3 +149,11 @@ def test_bad_inputs_are_clear_errors():
         ContrastiveLoss()(torch.randn(4, 3), torch.ones(4))
     with pytest.raises(ValueError, match=r"\(b, 4\)"):
         CContrastiveLoss(7, 4)(torch.randn(4, 3), torch.tensor([0, 1, 2, 3]))
+
+
+def test_agent_loss_rejects_a_label_outside_the_classes():
+    from partial_fc.losses import CContrastiveLoss
+
+    loss = CContrastiveLoss(10, 4)
+    with pytest.raises(ValueError, match=r"label 10 is outside \[0, 10\)"):
+        loss(torch.randn(2, 4), torch.tensor([0, 10]))

@@ -13,13 +13,13 @@ import pytest
 import torch
 import yaml
 
-from partial_fc.cli import main as cli_main
 from partial_fc.comm.local import free_port
 from partial_fc.config import from_dict, load_yaml
 from partial_fc.config.train import TrainConfig
 from partial_fc.train.checkpoint import latest_checkpoint
 from partial_fc.train.checkpoint_files import safe_load
 from partial_fc.train.trainer import plan, train
+from tests.tiny_run import make_tiny_data, tiny_config as config
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
@@ -34,25 +34,7 @@ def _single_process_environment(monkeypatch):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth") / "data"
-    assert cli_main(["data", "synth", "--out", str(out), "--identities", "24", "--images-per-identity", "8",
-                     "--size", "32", "--heldout-identities", "10", "--pairs", "40", "--shard-samples", "50", "--quiet"]) == 0
-    return out
-
-
-def config(data_dir: Path, run_dir: Path, **sections) -> dict:
-    cfg = {
-        "run_dir": str(run_dir), "seed": 3,
-        "model": {"name": "iresnet_tiny", "embedding_dim": 32, "input_size": 32, "norm": "batch"},
-        "data": {"train": str(data_dir), "batch_size": 8, "num_workers": 0, "shuffle_buffer": 50},
-        "head": {"margin": "cosface", "margin_params": {"scale": 16.0}, "sample_rate": 0.5},
-        "optim": {"lr": 0.1, "lr_reference_batch": None},
-        "train": {"epochs": 2, "max_steps": 6, "log_every": 2, "checkpoint_every": 3, "progress_bar": False},
-        "eval": {"pairs": [str(data_dir / "heldout.pairs.npz")], "every": 3, "batch_size": 32},
-    }
-    for section, values in sections.items():
-        cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
-    return cfg
+    return make_tiny_data(tmp_path_factory.mktemp("synth") / "data")
 
 
 def final_state(run_dir: Path) -> dict:

@@ -1,0 +1,30 @@
+"""A tiny synthetic data set and training config shared by the trainer and command tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from partial_fc.cli import main as cli_main
+
+
+def make_tiny_data(out: Path) -> Path:
+    """24 identities x 8 images of 32x32 in several shards, 40 held-out verification pairs."""
+    assert cli_main(["data", "synth", "--out", str(out), "--identities", "24", "--images-per-identity", "8",
+                     "--size", "32", "--heldout-identities", "10", "--pairs", "40", "--shard-samples", "50", "--quiet"]) == 0
+    return out
+
+
+def tiny_config(data_dir: Path, run_dir: Path, **sections) -> dict:
+    """A TrainConfig dict for a few CPU steps; ``sections`` update whole sections key by key."""
+    cfg = {
+        "run_dir": str(run_dir), "seed": 3,
+        "model": {"name": "iresnet_tiny", "embedding_dim": 32, "input_size": 32, "norm": "batch"},
+        "data": {"train": str(data_dir), "batch_size": 8, "num_workers": 0, "shuffle_buffer": 50},
+        "head": {"margin": "cosface", "margin_params": {"scale": 16.0}, "sample_rate": 0.5},
+        "optim": {"lr": 0.1, "lr_reference_batch": None},
+        "train": {"epochs": 2, "max_steps": 6, "log_every": 2, "checkpoint_every": 3, "progress_bar": False},
+        "eval": {"pairs": [str(data_dir / "heldout.pairs.npz")], "every": 3, "batch_size": 32},
+    }
+    for section, values in sections.items():
+        cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
+    return cfg
