@@ -145,3 +145,29 @@ def test_torchrun_deepspeed_zero2_backbone(data_dir, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "step 3/3" in done.stdout and "eval synthetic-heldout" in done.stdout
     assert latest_checkpoint(run).name == "step-3"
+
+
+@pytest.mark.parametrize("margin,params", [("subcenter_arcface", {"scale": 16.0, "subcenters": 3}), ("adaface", {"scale": 16.0}),
+                                           ("curricularface", {"scale": 16.0}), ("magface", {"scale": 16.0})])
+def test_modern_margins_train_save_and_resume(data_dir, tmp_path, margin, params):
+    run = tmp_path / "run"
+    head = {"margin": margin, "margin_params": params}
+    train(from_dict(TrainConfig, config(data_dir, run, head=head, train={"max_steps": 2, "checkpoint_every": 2}, eval={"pairs": []})))
+    metrics = train(from_dict(TrainConfig, config(data_dir, run, head=head, train={"max_steps": 3}, eval={"pairs": []})))
+    assert metrics["steps"] == 3 and latest_checkpoint(run).name == "step-3"
+
+
+def test_fp16_with_gradient_accumulation(data_dir, tmp_path):
+    """fp16 autocast + loss scaling on CPU, 2 micro-batches per step: the head's gradient is
+    unscaled by the engine's loss scale and every step is taken or skipped on all ranks together."""
+    run = tmp_path / "run"
+    metrics = train(from_dict(TrainConfig, config(data_dir, run, train={"max_steps": 3, "precision": "fp16", "grad_accum": 2},
+                                                  eval={"pairs": []})))
+    assert metrics["steps"] == 3 and torch.isfinite(torch.tensor(metrics["loss"]))
+    from partial_fc.head.init import init_class_rows
+
+    state = final_state(run)
+    initial = init_class_rows(3, 0, 24, 32, std=0.01)  # seed 3, 24 classes, D 32, the default init_std
+    moved = (state["head"]["weight"] != initial).any(1)
+    assert moved.sum() >= 8, "the head never stepped: every fp16 step was skipped"
+    assert state["trainer"]["engine"]["scaler"], "the engine's loss-scaler state is not in the checkpoint"
