@@ -135,6 +135,7 @@ def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
         t_window, data_wait, window_samples = time.perf_counter(), 0.0, 0
         t_start = time.perf_counter()
         skipped = 0
+        fp16 = cfg.train.precision == "fp16"
         while step < last_steps:
             loader.set_epoch(epoch)
             batches = iter(loader)
@@ -156,7 +157,8 @@ def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
                 engine.backward(loss)  # the engine averages over accumulation micro-steps
                 window_samples += labels.shape[0] * world
                 if boundary:
-                    head_ok = _head_grads_finite(head.weight, comm, engine.loss_scale)
+                    # only loss scaling can overflow: fp32/bf16 skip the flag's all-reduce and host sync
+                    head_ok = _head_grads_finite(head.weight, comm, engine.loss_scale) if fp16 else True
                     if head_ok and cfg.optim.head_clip_grad_norm:
                         _clip_sparse_(head.weight, cfg.optim.head_clip_grad_norm, comm)
                 applied = engine.step()
