@@ -212,7 +212,15 @@ def _host(addr: str | None) -> str:
     return f"[{addr}]" if addr and ":" in addr else str(addr)  # bare IPv6 needs brackets in a URL
 
 
-def cleanup() -> None:
-    """Destroy the default process group if one exists; safe to call at any time."""
+def cleanup(*, wait_for_all: bool = False) -> None:
+    """Destroy the default process group if one exists; safe to call at any time.
+
+    ``wait_for_all`` (after a successful run): a barrier first, so that the rank hosting the TCP
+    store does not exit while another is still shutting down against it, which aborts that
+    process ("terminate called without an active exception"). Never on an error path: a rank
+    that failed alone would wait there forever instead of exiting and letting torchrun stop
+    the job."""
     if dist.is_available() and dist.is_initialized():
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()

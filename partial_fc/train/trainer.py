@@ -209,9 +209,10 @@ def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
             _write_json_atomic(run_dir / "summary.json", metrics)
         log.info(f"done: {step} steps in {metrics['wall_s']:.0f} s; summary in {run_dir / 'summary.json'}")
         log.close()
+        cleanup(wait_for_all=True)
         return metrics
     finally:
-        cleanup()
+        cleanup()  # after an error: tear down without waiting for the other ranks
 
 
 def _evaluate(model, pair_sets, cfg: TrainConfig, comm, device) -> dict:

@@ -95,9 +95,18 @@ def test_two_torchrun_agents_as_two_nodes_over_loopback(data_dir, tmp_path):
     common = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
               "--rdzv_id", "pfc-test", "-m", "partial_fc.cli", "train", "--config", str(cfg_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    agents = [subprocess.Popen([TORCHRUN, "--node_rank", str(r), *common], cwd=tmp_path, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
-    outputs = [a.communicate(timeout=300)[0] for a in agents]
+    # On one machine both agents match the loopback endpoint; say which one hosts the store, as
+    # the first node of a real cluster would.
+    agents = [subprocess.Popen([TORCHRUN, "--node_rank", str(r), "--rdzv_conf", f"is_host={int(r == 0)}", *common],
+                               cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+              for r in range(2)]
+    try:
+        outputs = [a.communicate(timeout=300)[0] for a in agents]
+    finally:
+        for a in agents:  # never leave an agent waiting for a rendezvous behind
+            if a.poll() is None:
+                a.kill()
+                a.communicate()
     assert [a.returncode for a in agents] == [0, 0], "\n".join(outputs)
     assert any("2 rank(s)" in out for out in outputs)
     assert (latest_checkpoint(run) / "head-rank1.pt").exists()
