@@ -117,7 +117,8 @@ class RowSparseSGD(_RowSparseOptimizer):
             if wd:
                 d = torch.add(g, _get(p, idx, lo, hi, self._scratch.get(0, g)), alpha=wd, out=self._scratch.get(0, g))
             if mu:
-                m = _get(buf, idx, lo, hi, self._scratch.get(1, g)).mul_(mu).add_(d)
+                m = _get(buf, idx, lo, hi, self._scratch.get(1, g))
+                m = torch.add(d, m, alpha=mu, out=m)  # mu * m + d in one pass
                 _put(buf, idx, lo, hi, m)
                 d = torch.add(d, m, alpha=mu, out=self._scratch.get(0, g)) if nesterov else m
             _add(p, idx, lo, hi, d, -lr)
