@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from partial_fc.head.margins.base import Margin
+
 
 def chebyshev(cos: torch.Tensor, m: int) -> torch.Tensor:
     """T_m(cos theta) = cos(m theta)."""
@@ -42,3 +44,29 @@ def check_anneal(*, base: float, gamma: float, power: float, minimum: float) -> 
     for name, value in (("lambda_base", base), ("lambda_gamma", gamma), ("lambda_power", power), ("lambda_min", minimum)):
         if not value >= 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+class AngularMargin(Margin):
+    """Shared by L-Softmax and SphereFace: the integer multiplicative margin m and the annealed
+    lambda blend of the target, (lambda cos + psi) / (1 + lambda), scaled by ``target_scale``."""
+
+    name = "angular"
+
+    def __init__(self, *, m: int, lambda_base: float, lambda_gamma: float, lambda_power: float,
+                 lambda_min: float) -> None:
+        super().__init__()
+        if not (isinstance(m, int) and m >= 1):
+            raise ValueError(f"{self.name} m must be an integer >= 1, got {m!r}")
+        check_anneal(base=lambda_base, gamma=lambda_gamma, power=lambda_power, minimum=lambda_min)
+        self.m = m
+        self.anneal = dict(base=lambda_base, gamma=lambda_gamma, power=lambda_power, minimum=lambda_min)
+
+    def target_scale(self, x_norm: torch.Tensor, w_norm: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def target_logit(self, cos, *, x_norm, w_norm, step):
+        lam = annealed_lambda(step, **self.anneal)
+        return self.target_scale(x_norm, w_norm) * (lam * cos + psi(cos, self.m)) / (1.0 + lam)
+
+    def extra_repr(self) -> str:
+        return f"m={self.m}, anneal={self.anneal}"
