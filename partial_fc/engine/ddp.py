@@ -79,15 +79,23 @@ class DDPEngine(BackboneEngine):
             loss.backward()
 
     def clip_grad_norm(self, max_norm: float) -> float:
+        self._clip(max_norm)
+        return self.grad_norm
+
+    def _clip(self, max_norm: float) -> None:
         if not self.is_boundary:
             raise ValueError("clip_grad_norm between accumulation boundaries would clip unsynchronised "
                              "gradients; call it when engine.is_boundary is True")
         if self.scaler is not None and not self._unscaled:
             self.scaler.unscale_(self.optimizer)
             self._unscaled = True
-        norm = torch.nn.utils.clip_grad_norm_(self._module.parameters(), max_norm)
-        self.grad_norm = float(norm)  # one host sync per optimizer step, for logging
-        return self.grad_norm
+        # kept as a tensor: read (and synchronised) only when someone logs it, not every step
+        self._grad_norm = torch.nn.utils.clip_grad_norm_(self._module.parameters(), max_norm)
+
+    @property
+    def grad_norm(self) -> float | None:
+        norm = getattr(self, "_grad_norm", None)
+        return None if norm is None else float(norm)
 
     def step(self) -> bool:
         boundary = self.is_boundary
@@ -95,7 +103,7 @@ class DDPEngine(BackboneEngine):
             self.micro_step += 1
             return False
         if self.max_grad_norm is not None and not self._unscaled:
-            self.clip_grad_norm(self.max_grad_norm)
+            self._clip(self.max_grad_norm)
         self.micro_step += 1
         if self.scaler is None:
             self.optimizer.step()

@@ -180,8 +180,9 @@ def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
                     metrics = {"loss": float(loss.detach()), "lr": the_plan.lr * factor, "samples_per_s": rate,
                                "data_wait": data_wait / max(elapsed, 1e-9), "epoch": epoch,
                                "skipped_steps": skipped, "corrupt_samples": loader.stats.corrupt_samples}
-                    if getattr(engine, "grad_norm", None) is not None:
-                        metrics["grad_norm"] = engine.grad_norm
+                    grad_norm = engine.grad_norm
+                    if grad_norm is not None:
+                        metrics["grad_norm"] = grad_norm
                     eta = (last_steps - step) * elapsed / max(1, cfg.train.log_every)
                     log.info(f"step {step}/{last_steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.4g} "
                              f"{rate:,.0f} samples/s data-wait {100 * metrics['data_wait']:.0f}% eta {format_eta(eta)}")
