@@ -29,7 +29,8 @@ _ORDER_TAG, _IMAGES_TAG = 0x1D0, 0x1D1
 class IdentityBalancedSampler:
     """Batch sampler: ``for batch in sampler`` gives P * K sample indices (identity-major: the
     K images of the first identity, then the next). Use as a DataLoader ``batch_sampler``;
-    call ``set_epoch`` before each epoch."""
+    call ``set_epoch`` before each epoch. ``batch(step, epoch=e)`` gives any one batch
+    directly (random access, e.g. for a map-style dataset over steps)."""
 
     def __init__(self, labels: Sequence[int] | np.ndarray, *, p: int, k: int, rank: int = 0, world_size: int = 1,
                  seed: int = 0, small_identities: str = "skip") -> None:
@@ -50,7 +51,10 @@ class IdentityBalancedSampler:
         minimum = 1 if small_identities == "replace" else self.k
         keep = counts >= minimum
         self._identities = ids[keep]
-        self._members = [order[s : s + c] for s, c in zip(starts[keep], counts[keep])]
+        # Members of eligible identity j: _order[_starts[j] : _starts[j] + _counts[j]]; three arrays
+        # rather than a list of millions of small ones (cheap to pickle to spawned workers).
+        self._order, self._starts, self._counts = order, starts[keep], counts[keep]
+        self._cached_order: tuple[int, np.ndarray] | None = None
         if len(self._identities) < self.p * world_size:
             raise ValueError(
                 f"only {len(self._identities)} identities have >= {minimum} images, fewer than p * world_size = "
@@ -63,19 +67,40 @@ class IdentityBalancedSampler:
     def __len__(self) -> int:
         return len(self._identities) // (self.p * self.world_size)
 
-    def identity_order(self) -> np.ndarray:
-        """Positions into the eligible identities, shuffled by (seed, epoch) alone."""
-        rng = np.random.default_rng([_ORDER_TAG, self.seed, self.epoch])
-        return rng.permutation(len(self._identities))
+    def identity_order(self, epoch: int | None = None) -> np.ndarray:
+        """Positions into the eligible identities, shuffled by (seed, epoch) alone (epoch
+        defaults to the one set by ``set_epoch``)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        if self._cached_order is None or self._cached_order[0] != epoch:
+            rng = np.random.default_rng([_ORDER_TAG, self.seed, epoch])
+            self._cached_order = (epoch, rng.permutation(len(self._identities)))
+        return self._cached_order[1]
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = self.identity_order()
-        per_step = self.p * self.world_size
         for step in range(len(self)):
-            mine = order[step * per_step + self.rank * self.p : step * per_step + (self.rank + 1) * self.p]
-            yield [int(i) for pos in mine for i in self._images(pos)]
+            yield self.batch(step)
 
-    def _images(self, pos: int) -> np.ndarray:
-        members = self._members[pos]
-        rng = np.random.default_rng([_IMAGES_TAG, self.seed, self.epoch, int(self._identities[pos])])
+    def batch(self, step: int, *, epoch: int | None = None) -> list[int]:
+        """Batch ``step`` of ``epoch`` (default: the one set by ``set_epoch``), without
+        iterating over the earlier ones: what ``iter(self)`` yields at position ``step``."""
+        if not 0 <= step < len(self):
+            raise IndexError(f"step must be in [0, {len(self)}), got {step}")
+        order = self.identity_order(epoch)
+        epoch = self.epoch if epoch is None else int(epoch)
+        first = step * self.p * self.world_size + self.rank * self.p
+        return [int(i) for pos in order[first : first + self.p] for i in self._images(pos, epoch)]
+
+    def identity_members(self, label: int) -> np.ndarray:
+        """All sample indices of an eligible identity, in sample order."""
+        pos = int(np.searchsorted(self._identities, label))
+        if pos == len(self._identities) or self._identities[pos] != label:
+            raise KeyError(f"identity {label} is not among the sampler's {len(self._identities)} eligible identities")
+        return self._members(pos)
+
+    def _members(self, pos: int) -> np.ndarray:
+        return self._order[self._starts[pos] : self._starts[pos] + self._counts[pos]]
+
+    def _images(self, pos: int, epoch: int) -> np.ndarray:
+        members = self._members(pos)
+        rng = np.random.default_rng([_IMAGES_TAG, self.seed, epoch, int(self._identities[pos])])
         return rng.choice(members, size=self.k, replace=len(members) < self.k)

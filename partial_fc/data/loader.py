@@ -7,6 +7,7 @@
         for images, labels in loader:      # (B, 3, S, S) float32 in [-1, 1], (B,) int64
             ...
         log(loader.stats.as_dict())        # corrupt samples skipped, read errors, ...
+    batches = loader.iterate(skip)         # resume mid-epoch: batches skip, skip + 1, ...
 
 Every rank yields exactly ``len(loader)`` batches per epoch whatever the shard count or sizes,
 so collectives in the training step never wait on a rank whose data ran out. The data a
@@ -64,6 +65,17 @@ class TrainLoader:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iterate(0)
+
+    def iterate(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``start, start + 1, ...`` of the current epoch (to resume mid-epoch). The stream
+        is sequential, so the skipped batches are still read and decoded, then dropped; ``stats``
+        counts them too (they were read)."""
+        if not 0 <= start <= self.steps:
+            raise ValueError(f"start must be in [0, {self.steps}] (the epoch's steps), got {start}")
+        return self._batches(start)
+
+    def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.config
         dataset = ShardStream(cfg, rank=self.rank, world_size=self.world_size, epoch=self.epoch, steps=self.steps)
         workers = cfg.num_workers
@@ -77,9 +89,10 @@ class TrainLoader:
             persistent_workers=False,  # workers must see the new epoch
             multiprocessing_context=cfg.worker_start_method if workers > 0 else None,
         )
-        for images, labels, counts in loader:
+        for position, (images, labels, counts) in enumerate(loader):
             self.stats.add_batch(len(labels), counts.tolist())
-            yield images, labels
+            if position >= start:
+                yield images, labels
         self.epoch += 1
 
 
