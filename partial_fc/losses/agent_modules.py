@@ -1,5 +1,6 @@
 """``CContrastiveLoss`` and ``CTripletLoss``: NormFace's agent losses as modules owning their
-shard of the agents (see ``partial_fc.losses.agent`` for the math and the collectives)."""
+shard of the agents (see ``partial_fc.losses.agent`` for the math, the collectives and where
+the definitions and default margins come from)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,31 @@ from torch import nn
 from partial_fc.comm import make_collectives
 from partial_fc.head.init import init_class_rows
 from partial_fc.head.ranges import class_range
-from partial_fc.losses.agent import agent_loss
+from partial_fc.losses.agent import NEGATIVES, agent_loss
 from partial_fc.losses.common import check_batch, check_global, check_margin, global_batch
 
 DEFAULT_CHUNK_SIZE = 65536
 
 
 class _AgentLoss(nn.Module):
+    """The sharded agents and what the trainer and the checkpoints read: ``weight`` (this rank's
+    rows, row c initialised from (seed, c)), ``class_range``, ``num_classes``, ``embedding_dim``,
+    ``seed``; the extra state {num_classes, class_range, seed} guards a load against another
+    shard, like ``PartialFC``'s."""
+
     kind = ""
     default_margin = 1.0
+    negatives = "all"
 
-    def __init__(self, num_classes: int, embedding_dim: int, *, margin: float | None = None, group: Any = None,
-                 seed: int = 0, chunk_size: int = DEFAULT_CHUNK_SIZE, init_std: float = 0.01,
-                 backbone_grad_average: bool = True, device: torch.device | str | None = None) -> None:
+    def __init__(self, num_classes: int, embedding_dim: int, *, margin: float | None = None,
+                 negatives: str | None = None, group: Any = None, seed: int = 0, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 init_std: float = 0.01, backbone_grad_average: bool = True,
+                 device: torch.device | str | None = None) -> None:
         super().__init__()
+        allowed = NEGATIVES if self.kind == "triplet" else ("all",)
+        if negatives is not None and negatives not in allowed:
+            raise ValueError(f"{type(self).__name__} negatives must be one of {list(allowed)}, got {negatives!r}")
+        self.negatives = self.negatives if negatives is None else negatives
         if not (isinstance(num_classes, int) and num_classes >= 1):
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
         if not (isinstance(embedding_dim, int) and embedding_dim >= 1):
@@ -33,7 +45,7 @@ class _AgentLoss(nn.Module):
             raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
         self.margin = check_margin("margin", self.default_margin if margin is None else margin)
         self.comm = make_collectives(group)
-        self.num_classes, self.embedding_dim, self.chunk_size = num_classes, embedding_dim, chunk_size
+        self.num_classes, self.embedding_dim, self.chunk_size, self.seed = num_classes, embedding_dim, chunk_size, seed
         self.backbone_grad_average = backbone_grad_average
         self.class_range = class_range(num_classes, self.comm.world_size, self.comm.rank)
         start, stop = self.class_range
@@ -41,19 +53,37 @@ class _AgentLoss(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         check_batch(embeddings, labels, embedding_dim=self.embedding_dim)
-        check_global(embeddings, labels, self.comm, num_classes=self.num_classes)  # a bad label is an error, not a lost term
+        # a bad label is an error, not a lost term
+        check_global(embeddings, labels, self.comm, num_classes=self.num_classes)
         x_hat, y = global_batch(embeddings.to(self.weight.dtype), labels, self.comm,
                                 backbone_grad_average=self.backbone_grad_average)
         return agent_loss(x_hat, self.weight, y, first_class=self.class_range[0], kind=self.kind,
-                          margin=self.margin, comm=self.comm, chunk_size=self.chunk_size)
+                          margin=self.margin, comm=self.comm, chunk_size=self.chunk_size, negatives=self.negatives)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "class_range": list(self.class_range), "seed": self.seed}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if state.get("num_classes") != self.num_classes or tuple(state.get("class_range", ())) != self.class_range:
+            raise ValueError(
+                f"checkpoint shard holds agents {_span(state.get('class_range'))} of {state.get('num_classes')}, "
+                f"this loss owns {_span(self.class_range)} of {self.num_classes}; reshard the checkpoint first"
+            )
 
     def extra_repr(self) -> str:
         start, stop = self.class_range
-        return f"num_classes={self.num_classes}, classes=[{start}, {stop}), margin={self.margin}"
+        return (f"num_classes={self.num_classes}, classes=[{start}, {stop}), margin={self.margin}, "
+                f"negatives={self.negatives}")
+
+
+def _span(r: Any) -> str:
+    return f"[{r[0]}, {r[1]})" if isinstance(r, (list, tuple)) and len(r) == 2 else repr(r)
 
 
 class CContrastiveLoss(_AgentLoss):
-    """NormFace C-contrastive: pull x~ to its agent, push it beyond d = m from the others.
+    """NormFace C-contrastive: pull x~ to its agent (d linear, no hinge), push it beyond d = m
+    from every other agent (hinge, summed), d the squared distance; m = 1.0 as in the authors'
+    ``normalized_Euclidean_contrastive.prototxt`` (negative_margin: 1).
 
     forward(embeddings (b, D), labels (b,) global class ids) -> mean over the global batch,
     the same on every rank. The agents' gradient is row-sparse (``RowSparseSGD`` applies it).
@@ -65,8 +95,14 @@ class CContrastiveLoss(_AgentLoss):
 
 
 class CTripletLoss(_AgentLoss):
-    """NormFace C-triplet: each other agent at least m farther (squared) than the own one.
-    Same interface and collectives as ``CContrastiveLoss`` plus one all-reduce of B."""
+    """NormFace C-triplet: the other agents at least m farther (squared distance) than the own.
+
+    ``negatives="hardest"`` (default): only the nearest other agent's hinge counts, as the
+    authors' ``normalized_Euclidean_triplet.prototxt`` (hardest_only: true, margin: 0.8, the
+    default m); ``"all"``: the hinges of every other agent are summed. Same interface as
+    ``CContrastiveLoss``; collectives in ``partial_fc.losses.agent``.
+    """
 
     kind = "triplet"
     default_margin = 0.8
+    negatives = "hardest"

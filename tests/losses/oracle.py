@@ -81,18 +81,29 @@ def contrastive_loss(x: torch.Tensor, labels: list[int], margin: float):
     return sum(terms) / len(terms)
 
 
-def agent_loss(x: torch.Tensor, w: torch.Tensor, labels: list[int], kind: str, margin: float):
-    """NormFace C-contrastive / C-triplet, mean over samples; also counts of active hinges."""
+def agent_loss(x: torch.Tensor, w: torch.Tensor, labels: list[int], kind: str, margin: float, negatives: str = "all"):
+    """NormFace C-contrastive / C-triplet as the authors' Caffe layers compute them (squared
+    distances of unit vectors; a sum over the other agents, or only the hardest one: the first
+    j in class order with the largest hinge); mean over samples. Also the counts of active and
+    inactive hinges (per sample for "hardest")."""
     e, a = unit(x), unit(w)
     total, active, inactive = 0.0, 0, 0
     for i, y in enumerate(labels):
         d_pos = sqdist(e[i], a[y])
         if kind == "contrastive":
             total = total + d_pos
+        hinges = []
         for j in range(w.shape[0]):
             if j == y:
                 continue
-            h = margin - sqdist(e[i], a[j]) if kind == "contrastive" else margin + d_pos - sqdist(e[i], a[j])
+            hinges.append(margin - sqdist(e[i], a[j]) if kind == "contrastive" else margin + d_pos - sqdist(e[i], a[j]))
+        if negatives == "hardest":
+            hardest = None
+            for h in hinges:
+                if hardest is None or float(h.detach()) > float(hardest.detach()):
+                    hardest = h
+            hinges = [] if hardest is None else [hardest]
+        for h in hinges:
             if float(h.detach()) > 0:
                 total, active = total + h, active + 1
             else:

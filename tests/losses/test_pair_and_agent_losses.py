@@ -7,11 +7,42 @@ import pytest
 import torch
 
 from partial_fc.losses import CContrastiveLoss, ContrastiveLoss, CTripletLoss, TripletLoss
+from partial_fc.head.init import init_class_rows
 from partial_fc.head.ranges import class_range
 from partial_fc.optim import RowSparseSGD
 from tests.distributed import run_ranks
 from tests.losses import oracle
 from tests.losses.cases import CASES, CHUNK, C, D, B, SEED, global_batch
+
+
+def near_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """The shared batch with every other sample moved next to its own agent (the module's
+    initial row), so that its hardest C-triplet hinge is inactive at the default margin."""
+    x, labels = global_batch()
+    agents = init_class_rows(SEED, 0, C, D).double()[labels[::2]]  # as the module initialises them
+    x = x.clone()
+    x[::2] = agents / agents.norm(dim=1, keepdim=True) + 0.05 * x[::2] / x[::2].norm(dim=1, keepdim=True)
+    return x, labels
+
+
+# Agents 1 and 5 are equal, all are signed basis vectors: every cosine is a coordinate of x~,
+# exact in any summation order, so a sample whose nearest other agent is 1 ties exactly with 5
+# (sample 3 of the shared batch). 1 and 5 sit in different tiles and, at 2 and 3 ranks, on
+# different ranks: the hardest is the lower id, as in the Caffe loop and the oracle.
+TIE_AGENTS = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [-1, 0, 0, 0], [0, 1, 0, 0],
+                           [0, 0, -1, 0]], dtype=torch.float64)
+
+# name -> (kind, kwargs, batch, agents or None for the module's own initial rows)
+AGENT_CASES = {
+    "c_triplet_all": ("c_triplet", dict(margin=0.3, negatives="all"), global_batch, None),
+    "c_triplet_all_default_margin": ("c_triplet", dict(negatives="all"), global_batch, None),
+    "c_triplet_near": ("c_triplet", dict(), near_batch, None),
+    "c_triplet_tie": ("c_triplet", dict(margin=0.3), global_batch, TIE_AGENTS),
+}
+ALL_CASES = {**{name: (kind, kwargs, global_batch, None) for name, (kind, kwargs) in CASES.items()}, **AGENT_CASES}
+# On the shared batch every sample's nearest other agent is nearer than its own agent, so each
+# hardest hinge is active; c_triplet_near covers the inactive side of the hardest C-triplet.
+ALL_ACTIVE = {"c_triplet", "c_triplet_default", "c_triplet_tie"}
 
 
 def build(kind: str, kwargs: dict, **common):
@@ -24,11 +55,14 @@ def build(kind: str, kwargs: dict, **common):
 
 
 def loss_results(rank: int, world_size: int, grad_average: bool = False) -> dict:
-    x, labels = global_batch()
     b = B // world_size
     out = {}
-    for name, (kind, kwargs) in CASES.items():
+    for name, (kind, kwargs, batch, agents) in ALL_CASES.items():
+        x, labels = batch()
         loss_fn = build(kind, kwargs, backbone_grad_average=grad_average)
+        if agents is not None:
+            start, stop = loss_fn.class_range
+            loss_fn.weight.data.copy_(agents[start:stop])
         x_local = x[rank * b : (rank + 1) * b].clone().requires_grad_()
         loss = loss_fn(x_local, labels[rank * b : (rank + 1) * b])
         loss.backward()
@@ -50,8 +84,8 @@ def results() -> dict[int, list[dict]]:
 
 
 def oracle_grads(name: str, weight: torch.Tensor | None):
-    kind, kwargs = CASES[name]
-    x, labels = global_batch()
+    kind, kwargs, batch, _ = ALL_CASES[name]
+    x, labels = batch()
     x = x.clone().requires_grad_()
     y = labels.tolist()
     if kind == "triplet":
@@ -62,10 +96,12 @@ def oracle_grads(name: str, weight: torch.Tensor | None):
         loss = oracle.contrastive_loss(x, y, kwargs["margin"])
         loss.backward()
         return loss.detach(), x.grad, None
+    # the paper's settings as released (docs/losses.md): m = 1.0 and 0.8, hardest C-triplet
     margin = kwargs.get("margin", 1.0 if kind == "c_contrastive" else 0.8)
+    negatives = kwargs.get("negatives", "all" if kind == "c_contrastive" else "hardest")
     w = weight.clone().requires_grad_()
-    loss, active, inactive = oracle.agent_loss(x, w, y, kind.removeprefix("c_"), margin)
-    assert active > 0 and inactive > 0, "test data must exercise both sides of the hinge"
+    loss, active, inactive = oracle.agent_loss(x, w, y, kind.removeprefix("c_"), margin, negatives)
+    assert active > 0 and (inactive > 0 or name in ALL_ACTIVE), "test data must exercise both sides of the hinge"
     loss.backward()
     return loss.detach(), x.grad, w.grad
 
@@ -77,7 +113,7 @@ TOL = dict(rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", list(ALL_CASES))
 def test_loss_and_gradients_match_the_loop_oracle(results, world_size, name):
     per_rank = [r[name] for r in results[world_size]]
     weight = torch.cat([r["weight"] for r in per_rank]) if "weight" in per_rank[0] else None
@@ -101,6 +137,16 @@ def test_agents_are_sharded_like_the_head_and_sparse_rows_are_the_touched_ones(r
     grad = one["grad_w"]
     touched = (grad != 0).any(1).nonzero().squeeze(1)
     assert torch.equal(one["rows"], touched)
+
+
+def test_tie_case_has_an_exact_tie_between_agents_on_different_ranks():
+    x, labels = global_batch()
+    e = x / x.norm(dim=1, keepdim=True)
+    d = 2.0 - 2.0 * e @ TIE_AGENTS.t()
+    others = d[3].clone()
+    others[labels[3]] = float("inf")
+    assert others.min() == d[3, 1] == d[3, 5] and labels[3] not in (1, 5)
+    assert class_range(C, 2, 0)[1] <= 5 and class_range(C, 3, 0)[1] <= 5  # 1 and 5 on different ranks
 
 
 def test_fallback_choice_matters_on_this_batch():
@@ -136,6 +182,8 @@ def test_row_sparse_sgd_applies_the_agent_gradient():
     (lambda: TripletLoss(margin=-1.0), "margin"),
     (lambda: ContrastiveLoss(margin=0), "margin"),
     (lambda: CTripletLoss(7, 4, chunk_size=0), "chunk_size"),
+    (lambda: CTripletLoss(7, 4, negatives="semihard"), "negatives"),
+    (lambda: CContrastiveLoss(7, 4, negatives="hardest"), "negatives"),
 ])
 def test_bad_configuration_is_a_clear_error(make, match):
     with pytest.raises(ValueError, match=match):

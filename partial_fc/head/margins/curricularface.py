@@ -37,10 +37,16 @@ class CurricularFace(ArcFace):
         return {"t": self.t.clone().to(cos.dtype), "threshold": cos * self._cos_m - sin * self._sin_m}
 
     def negative_logits(self, logits, state):
-        cos = logits / self.scale
-        hard = cos > state["threshold"][None, :]
+        # At most three tiles besides the input, one of them a bool mask, and two after return:
+        # the bound tests/head/test_memory_bound_modern.py proves. In-place steps on fresh tiles
+        # keep it (torch.where would add two more); values are the same bit for bit.
         t = state["t"]
-        return torch.where(hard, logits * (t + cos), logits), torch.where(hard, t + 2.0 * cos, torch.ones_like(cos))
+        cos = logits / self.scale
+        easy = cos <= state["threshold"][None, :]  # not a hard negative
+        deriv = cos.mul(2.0).add_(t).masked_fill_(easy, 1.0)  # t + 2 cos on hard negatives, else 1
+        factor = cos.add_(t).masked_fill_(easy, 1.0)  # t + cos on hard negatives, else 1 (cos's memory)
+        del easy
+        return factor.mul_(logits), deriv
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, margin_rad={self.margin_rad}, momentum={self.momentum}"
