@@ -25,11 +25,13 @@ $(DEMO_DATA)/manifest.json: $(STAMP)
 		--size 56 --heldout-identities 200 --pairs 2000 --seed 0 --quiet
 
 # Train on 2 CPU ranks (torchrun, gloo) with the sharded head at sample rate 0.5, evaluate the
-# held-out identities, write the checkpoint under runs/demo.
+# held-out identities, write the checkpoint under runs/demo. Another loss or margin:
+#   make demo DEMO_ARGS="--set loss.name=triplet"
+DEMO_ARGS ?=
 demo: $(DEMO_DATA)/manifest.json
 	rm -rf runs/demo
 	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc_per_node 2 -m partial_fc.cli \
-		train --config configs/demo.yaml --resume none
+		train --config configs/demo.yaml --resume none $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -32,10 +32,16 @@ class DataConfig:
     num_workers: int = 2
     shuffle_buffer: int = 2000
     flip: bool = True
+    # stream: shards read in order through a shuffle buffer (the softmax losses); identity: P
+    # identities x K images per rank from a random-access index of the shards (pair losses);
+    # auto: identity for loss.name triplet/contrastive, stream otherwise.
+    sampler: Literal["auto", "stream", "identity"] = "auto"
+    images_per_identity: int = 4  # K of the identity sampler; P = batch_size / K
 
     def __post_init__(self) -> None:
         coerce_fields(self)
         _need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _need(self.images_per_identity >= 1, "images_per_identity", f"must be >= 1, got {self.images_per_identity}")
         _need(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
         _need(self.shuffle_buffer >= 1, "shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
 
@@ -61,6 +67,46 @@ class HeadConfig:
             margins.build(self.margin, **self.margin_params)
         except ValueError as err:
             raise ConfigError("margin_params", str(err)) from None
+
+
+PAIR_LOSSES = ("triplet", "contrastive")
+AGENT_LOSSES = ("c_contrastive", "c_triplet")
+LOSSES = ("partial_fc", *AGENT_LOSSES, *PAIR_LOSSES)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """What trains the embeddings.
+
+    ``partial_fc``: the sharded margin-softmax head of the ``head`` section (every margin).
+    ``c_contrastive`` / ``c_triplet``: NormFace's agent losses; the agents are sharded like the
+    head's class centers (``head.num_classes``, ``chunk_size``, ``init_std`` apply).
+    ``triplet`` / ``contrastive``: pair losses on the global batch, no class parameters; they
+    need several images per identity in a batch (``data.sampler`` identity).
+    ``margin`` null takes the paper's default: triplet 0.2 (FaceNet), contrastive 1.0,
+    C-contrastive and C-triplet as in ``partial_fc.losses``.
+    """
+
+    name: Literal["partial_fc", "c_contrastive", "c_triplet", "triplet", "contrastive"] = "partial_fc"
+    margin: float | None = None
+    mining: Literal["semihard", "batch_hard", "batch_all"] = "semihard"  # triplet only
+    semihard_fallback: Literal["hardest", "easiest"] = "hardest"  # triplet, mining semihard only
+    negatives: Literal["all", "hardest"] = "all"  # c_triplet: every other agent, or only the nearest
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        _need(self.margin is None or self.margin > 0, "margin", f"must be > 0 or null, got {self.margin}")
+        _need(self.name != "partial_fc" or self.margin is None, "margin",
+              f"is {self.margin} but loss.name partial_fc takes its margin from head.margin_params; set loss.margin null")
+        _need(self.name == "triplet" or (self.mining, self.semihard_fallback) == ("semihard", "hardest"), "mining",
+              f"and loss.semihard_fallback apply to loss.name triplet only, got name {self.name!r} with mining "
+              f"{self.mining!r} and semihard_fallback {self.semihard_fallback!r}")
+        _need(self.name == "c_triplet" or self.negatives == "all", "negatives",
+              f"applies to loss.name c_triplet only, got name {self.name!r} with negatives {self.negatives!r}")
+
+    @property
+    def has_class_weights(self) -> bool:
+        return self.name not in PAIR_LOSSES
 
 
 @dataclass(frozen=True)
@@ -163,6 +209,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainSection = field(default_factory=TrainSection)
@@ -171,3 +218,20 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
+        sampler, k = self.sampler, self.data.images_per_identity
+        if self.loss.name in PAIR_LOSSES:
+            _need(sampler == "identity", "data.sampler",
+                  f"is {self.data.sampler!r} but loss.name {self.loss.name} needs several images per identity in a "
+                  f"batch; set data.sampler identity (or auto)")
+        if sampler == "identity":
+            _need(self.data.batch_size % k == 0, "data.batch_size",
+                  f"{self.data.batch_size} is not a multiple of data.images_per_identity {k} (P identities x K images)")
+            _need(self.loss.name not in PAIR_LOSSES or k >= 2, "data.images_per_identity",
+                  f"is {k} but loss.name {self.loss.name} needs >= 2 images per identity to form positive pairs")
+
+    @property
+    def sampler(self) -> str:
+        """data.sampler with ``auto`` resolved for this loss."""
+        if self.data.sampler != "auto":
+            return self.data.sampler
+        return "identity" if self.loss.name in PAIR_LOSSES else "stream"

@@ -90,9 +90,10 @@ _META_KEYS = ("step", "world_size", "num_classes", "embedding_dim", "rows_per_cl
 
 
 def save_checkpoint(
-    run_dir: str | Path, step: int, *, comm: Collectives, head: torch.nn.Module,
+    run_dir: str | Path, step: int, *, comm: Collectives, head: torch.nn.Module | None,
     head_optimizer: torch.optim.Optimizer | None, trainer_state: dict[str, Any] | None, rng: bool = True,
     meta_extra: dict[str, Any] | None = None, keep_last: int = 3, logger: Any = None,
+    device: torch.device | None = None,
 ) -> Path:
     """Write ``<run_dir>/checkpoints/step-<step>`` from every rank; returns its path.
 
@@ -101,6 +102,10 @@ def save_checkpoint(
     rank 0 only. ``meta_extra`` (JSON: model name/arch, config fingerprint) goes into meta.json
     and is compared on load. After the new checkpoint is complete, all but the newest
     ``keep_last`` are deleted. Collectives: three all-gathers of a few integers.
+
+    ``head`` None (a loss without class weights, e.g. the triplet loss): no head files; meta.json
+    records ``num_classes`` null. ``device`` is where the collectives' small tensors live
+    (default: the head's device; required for NCCL when there is no head).
     """
     if not (isinstance(keep_last, int) and keep_last >= 1):
         raise ValueError(f"keep_last must be an integer >= 1, got {keep_last!r}")
@@ -109,9 +114,10 @@ def save_checkpoint(
         json.dumps(meta_extra)
     except (TypeError, ValueError) as e:
         raise ValueError(f"meta_extra must be JSON data (str, numbers, lists, dicts): {e}") from e
-    root, device, rank = checkpoints_root(run_dir), head.weight.device, comm.rank
-    start, stop = head.class_range
-    rows_per_class = _rows_per_class(head)
+    root, rank = checkpoints_root(run_dir), comm.rank
+    device = _device(head, device)
+    start, stop = head.class_range if head is not None else (0, 0)
+    rows_per_class = _rows_per_class(head) if head is not None else None
 
     def make_tmp() -> int:
         token = secrets.randbits(62)
@@ -127,8 +133,10 @@ def save_checkpoint(
     tmp = root / f"step-{int(step)}.tmp-{agreed[0][0]:016x}"
 
     def write_files() -> dict[str, dict[str, Any]]:
-        records = {f"head-rank{rank}.pt": save_file(_head_payload(head, head_optimizer, rows_per_class),
-                                                    tmp / f"head-rank{rank}.pt", what="head state")}
+        records = {}
+        if head is not None:
+            records[f"head-rank{rank}.pt"] = save_file(_head_payload(head, head_optimizer, rows_per_class),
+                                                       tmp / f"head-rank{rank}.pt", what="head state")
         if rng:
             records[f"rng-rank{rank}.pt"] = save_file(capture_rng_state(), tmp / f"rng-rank{rank}.pt", what="rng state")
         if rank == 0:
@@ -143,14 +151,17 @@ def save_checkpoint(
         r_start, r_stop, r_files = _unpack_records(gathered[r], r)
         files.update(r_files)
         ranges.append([r_start, r_stop])
+    if head is None:
+        ranges = []
     if rank == 0:
         files["trainer.pt"] = records["trainer.pt"]
 
     def commit() -> None:
         meta = {
             "format_version": FORMAT_VERSION, "step": int(step), "world_size": comm.world_size,
-            "num_classes": head.num_classes, "embedding_dim": head.embedding_dim, "rows_per_class": rows_per_class,
-            "subcenters": rows_per_class if rows_per_class > 1 else None, "class_ranges": ranges,
+            "num_classes": head.num_classes if head is not None else None,
+            "embedding_dim": head.embedding_dim if head is not None else None, "rows_per_class": rows_per_class,
+            "subcenters": rows_per_class if rows_per_class and rows_per_class > 1 else None, "class_ranges": ranges,
             "head_seed": getattr(head, "seed", None), "extra": meta_extra, "rng": bool(rng),
             "torch_version": torch.__version__, "saved_unix_s": round(time.time(), 3), "files": files,
         }
@@ -193,17 +204,20 @@ def _head_payload(head: torch.nn.Module, optimizer: torch.optim.Optimizer | None
 
 def _pack_records(records: dict[str, dict[str, Any]], rank: int, start: int, stop: int, device) -> torch.Tensor:
     """[start, stop, head size, rng size (-1: none), 32 head hash bytes, 32 rng hash bytes]."""
-    head = records[f"head-rank{rank}.pt"]
+    head = records.get(f"head-rank{rank}.pt")
     rng = records.get(f"rng-rank{rank}.pt")
-    values = [start, stop, head["size"], rng["size"] if rng else -1]
-    values += list(bytes.fromhex(head["sha256"])) + list(bytes.fromhex(rng["sha256"]) if rng else bytes(32))
+    values = [start, stop, head["size"] if head else -1, rng["size"] if rng else -1]
+    values += list(bytes.fromhex(head["sha256"]) if head else bytes(32))
+    values += list(bytes.fromhex(rng["sha256"]) if rng else bytes(32))
     return torch.tensor(values, dtype=torch.int64, device=device)
 
 
 def _unpack_records(row: torch.Tensor, rank: int) -> tuple[int, int, dict[str, dict[str, Any]]]:
     values = row.tolist()
     start, stop, head_size, rng_size = values[:4]
-    files = {f"head-rank{rank}.pt": {"size": head_size, "sha256": bytes(values[4:36]).hex()}}
+    files = {}
+    if head_size >= 0:
+        files[f"head-rank{rank}.pt"] = {"size": head_size, "sha256": bytes(values[4:36]).hex()}
     if rng_size >= 0:
         files[f"rng-rank{rank}.pt"] = {"size": rng_size, "sha256": bytes(values[36:68]).hex()}
     return start, stop, files
@@ -228,9 +242,9 @@ def _prune(root: Path, keep_last: int, step: int) -> None:
 
 
 def load_checkpoint(
-    path: str | Path, *, comm: Collectives, head: torch.nn.Module, head_optimizer: torch.optim.Optimizer | None,
+    path: str | Path, *, comm: Collectives, head: torch.nn.Module | None, head_optimizer: torch.optim.Optimizer | None,
     expect_extra: dict[str, Any] | None = None, restore_rng: bool = True, seed: int | None = None,
-    verify: bool = True, logger: Any = None,
+    verify: bool = True, logger: Any = None, device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint into ``head`` (and ``head_optimizer``) on every rank; returns the trainer state.
 
@@ -243,14 +257,18 @@ def load_checkpoint(
     fingerprint). Checks that need no reading (meta.json, sizes, shapes, fingerprints) run before
     any tensor is loaded; ``verify`` also checks every file read against its SHA-256. Every
     failure is a ValueError on every rank. Collectives: two all-gathers of one integer.
+    ``head`` None: for a checkpoint saved without class weights (``seed`` is then required).
     """
-    path, device = Path(path), head.weight.device
+    path, device = Path(path), _device(head, device)
+    if head is None and seed is None and restore_rng:
+        raise ValueError("load_checkpoint without a head needs seed= (to reseed the RNGs at another world size)")
     meta = _run_on(comm, device, lambda: _check_compatible(path, head, comm, expect_extra), what="checking the checkpoint")
     same_world = meta["world_size"] == comm.world_size
 
     def load() -> dict[str, Any]:
         trainer_state = load_file(path / "trainer.pt", meta["files"]["trainer.pt"], verify=verify)
-        _load_head(path, meta, comm, head, head_optimizer, verify=verify, logger=logger)
+        if head is not None:
+            _load_head(path, meta, comm, head, head_optimizer, verify=verify, logger=logger)
         if restore_rng:
             _restore_rng(path, meta, comm, seed=head.seed if seed is None else seed, verify=verify, logger=logger)
         return trainer_state
@@ -263,21 +281,27 @@ def load_checkpoint(
 
 def _check_compatible(path: Path, head: torch.nn.Module, comm: Collectives, expect_extra: dict[str, Any] | None) -> dict[str, Any]:
     meta = read_meta(path)
+    if (head is None) != (meta["num_classes"] is None):
+        theirs = "no class weights" if meta["num_classes"] is None else f"class weights for {meta['num_classes']} classes"
+        ours = "has none (a loss without class weights)" if head is None else f"has a head of {head.num_classes} classes"
+        raise ValueError(f"checkpoint {path} holds {theirs}, this run {ours}")
     for key, ours in (("num_classes", head.num_classes), ("embedding_dim", head.embedding_dim),
-                      ("rows_per_class", _rows_per_class(head))):
+                      ("rows_per_class", _rows_per_class(head))) if head is not None else ():
         if meta[key] != ours:
             raise ValueError(f"checkpoint {path} has {key}={meta[key]}, this head has {key}={ours}")
     for key, ours in (expect_extra or {}).items():
         if key not in meta["extra"] or meta["extra"][key] != ours:
             theirs = meta["extra"].get(key, "<absent>")
             raise ValueError(f"checkpoint {path} was saved with {key}={theirs!r}, this run has {key}={ours!r}")
-    expected = class_range(head.num_classes, comm.world_size, comm.rank)
-    if tuple(head.class_range) != expected:
-        raise ValueError(f"head.class_range {head.class_range} is not class_range(C, {comm.world_size}, {comm.rank}) = {expected}")
-    check_ranges(meta["class_ranges"], meta["num_classes"])
-    if len(meta["class_ranges"]) != meta["world_size"]:
-        raise ValueError(f"checkpoint {path}: meta.json lists {len(meta['class_ranges'])} ranges for world size {meta['world_size']}")
-    needed = ["trainer.pt"] + [f"head-rank{r}.pt" for r in range(meta["world_size"])]
+    needed = ["trainer.pt"]
+    if head is not None:
+        expected = class_range(head.num_classes, comm.world_size, comm.rank)
+        if tuple(head.class_range) != expected:
+            raise ValueError(f"head.class_range {head.class_range} is not class_range(C, {comm.world_size}, {comm.rank}) = {expected}")
+        check_ranges(meta["class_ranges"], meta["num_classes"])
+        if len(meta["class_ranges"]) != meta["world_size"]:
+            raise ValueError(f"checkpoint {path}: meta.json lists {len(meta['class_ranges'])} ranges for world size {meta['world_size']}")
+        needed += [f"head-rank{r}.pt" for r in range(meta["world_size"])]
     needed += [f"rng-rank{r}.pt" for r in range(meta["world_size"])] if meta["rng"] else []
     for name in needed:
         if name not in meta["files"]:
@@ -388,6 +412,12 @@ def _restore_rng(path: Path, meta: dict[str, Any], comm: Collectives, *, seed: i
 
 
 # ----------------------------------------------------------------------------------------- helpers
+
+
+def _device(head: torch.nn.Module | None, device: torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return head.weight.device if head is not None else torch.device("cpu")
 
 
 def _rows_per_class(head: torch.nn.Module) -> int:

@@ -18,16 +18,14 @@ from pathlib import Path
 
 import torch
 
-from partial_fc import margins
 from partial_fc.comm import make_collectives
 from partial_fc.config import dump_yaml, to_dict
 from partial_fc.config.train import TrainConfig
-from partial_fc.data.loader import build_train_loader
+from partial_fc.data.identity_loader import build_loader
 from partial_fc.data.loader_config import TrainLoaderConfig
 from partial_fc.data.manifest import load_manifest
-from partial_fc.head.partial_fc import PartialFC
-from partial_fc.optim import RowSparseAdamW, RowSparseSGD
 from partial_fc.optim.schedule import WarmupDecay
+from partial_fc.train.criterion import build_criterion, build_head_optimizer, class_weights
 from partial_fc.train.logger import NullLogger, RunLogger, format_eta
 from partial_fc.train.verify import evaluate_pair_sets, load_pair_sets
 
@@ -85,6 +83,9 @@ def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
         rank, world = comm.rank, comm.world_size
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         the_plan, loader_cfg = plan(cfg, world_size=world)
+        # before the model: the identity sampler's checks (enough identities, K) fail fast
+        loader = build_loader(loader_cfg, sampler=cfg.sampler, images_per_identity=cfg.data.images_per_identity,
+                              rank=rank, world_size=world)
         pair_sets = load_pair_sets(cfg.eval.pairs)
         run_dir = Path(cfg.run_dir)
         log = RunLogger(run_dir, config=to_dict(cfg), wandb_cfg=cfg.wandb, progress_bar=cfg.train.progress_bar) if rank == 0 else NullLogger()
@@ -99,30 +100,28 @@ def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
                               grad_accum=cfg.train.grad_accum, max_grad_norm=cfg.optim.clip_grad_norm,
                               zero_stage=cfg.train.zero_stage, micro_batch_size=cfg.data.batch_size,
                               **({"device": device} if cfg.train.engine == "ddp" else {}))
-        head = PartialFC(the_plan.num_classes, cfg.model.embedding_dim, margin=margins.build(cfg.head.margin, **cfg.head.margin_params),
-                         sample_rate=cfg.head.sample_rate, seed=cfg.seed, chunk_size=cfg.head.chunk_size,
-                         init_std=cfg.head.init_std, check_finite=cfg.head.check_finite, device=device)
+        criterion = build_criterion(cfg, num_classes=the_plan.num_classes, device=device)
+        head = class_weights(criterion)  # None for the pair losses
         head_lr = the_plan.lr * cfg.optim.head_lr_scale
-        if cfg.optim.name == "sgd":
-            head_opt = RowSparseSGD([head.weight], lr=head_lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
-        else:
-            head_opt = RowSparseAdamW([head.weight], lr=head_lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
-                                      weight_decay=cfg.optim.weight_decay)
+        head_opt = build_head_optimizer(cfg, head, lr=head_lr)
         schedule = WarmupDecay(total_steps=the_plan.total_steps, warmup_steps=the_plan.warmup_steps, kind=cfg.schedule.kind,
                                power=cfg.schedule.power, final_ratio=cfg.schedule.final_lr_ratio)
 
         step, samples_seen = 0, 0
-        fingerprint = {"model": to_dict(cfg.model), "num_classes": the_plan.num_classes, "embedding_dim": cfg.model.embedding_dim}
+        fingerprint = {"model": to_dict(cfg.model), "num_classes": the_plan.num_classes, "embedding_dim": cfg.model.embedding_dim,
+                       "loss": cfg.loss.name}
         ckpt = latest_checkpoint(run_dir) if resume == "auto" else resume
         if ckpt:
             state = load_checkpoint(ckpt, comm=comm, head=head, head_optimizer=head_opt, expect_extra=fingerprint,
-                                    seed=cfg.seed, logger=log)
+                                    seed=cfg.seed, logger=log, device=device)
             engine.load_state_dict(state["engine"])
             step, samples_seen = int(state["step"]), int(state["samples_seen"])
 
-        loader = build_train_loader(loader_cfg, rank=rank, world_size=world)
-        log.info(f"partial-fc train: {world} rank(s) on {device}, {the_plan.num_classes:,} classes "
-                 f"({head.class_range[1] - head.class_range[0]:,} on rank 0), global batch {the_plan.global_batch}, "
+        owned = f" ({head.class_range[1] - head.class_range[0]:,} on rank 0)" if head is not None else ""
+        batching = (f"{cfg.data.batch_size // cfg.data.images_per_identity} identities x {cfg.data.images_per_identity} images per rank"
+                   if cfg.sampler == "identity" else "streamed shards")
+        log.info(f"partial-fc train: {world} rank(s) on {device}, loss {cfg.loss.name}, {the_plan.num_classes:,} classes"
+                 f"{owned}, global batch {the_plan.global_batch} ({batching}), "
                  f"lr {the_plan.lr:g}, {the_plan.total_steps} steps ({the_plan.steps_per_epoch}/epoch)")
         last_steps = cfg.train.max_steps or the_plan.total_steps
         metrics: dict = {}
@@ -138,9 +137,7 @@ def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
         fp16 = cfg.train.precision == "fp16"
         while step < last_steps:
             loader.set_epoch(epoch)
-            batches = iter(loader)
-            for _ in range(skip):  # resume mid-epoch: the stream is deterministic, so skipping reproduces it
-                next(batches)
+            batches = loader.iterate(skip)  # resume mid-epoch: the data order is deterministic
             skip = 0
             micro = 0
             t_data = time.perf_counter()
@@ -151,25 +148,27 @@ def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
                 if boundary:
                     factor = schedule.factor(step)
                     engine.set_lr(the_plan.lr * factor)
-                    for group in head_opt.param_groups:
+                    for group in head_opt.param_groups if head_opt is not None else ():
                         group["lr"] = head_lr * factor
-                loss = head(engine.forward(images), labels)
+                loss = criterion(engine.forward(images), labels)
                 engine.backward(loss)  # the engine averages over accumulation micro-steps
                 window_samples += labels.shape[0] * world
                 if boundary:
                     # only loss scaling can overflow: fp32/bf16 skip the flag's all-reduce and host sync
-                    head_ok = _head_grads_finite(head.weight, comm, engine.loss_scale) if fp16 else True
-                    if head_ok and cfg.optim.head_clip_grad_norm:
+                    head_ok = _head_grads_finite(head.weight, comm, engine.loss_scale) if fp16 and head is not None else True
+                    if head_ok and head is not None and cfg.optim.head_clip_grad_norm:
                         _clip_sparse_(head.weight, cfg.optim.head_clip_grad_norm, comm)
                 applied = engine.step()
                 if not boundary:
                     t_data = time.perf_counter()
                     continue
                 if head_ok and applied:
-                    head_opt.step()
+                    if head_opt is not None:
+                        head_opt.step()
                 else:
                     skipped += 1
-                head_opt.zero_grad(set_to_none=True)
+                if head_opt is not None:
+                    head_opt.zero_grad(set_to_none=True)
                 step += 1
                 samples_seen += the_plan.global_batch
                 log.progress(step, last_steps)
@@ -199,7 +198,7 @@ def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
                     save_checkpoint(run_dir, step, comm=comm, head=head, head_optimizer=head_opt,
                                            trainer_state={"engine": engine.state_dict(), "step": step,
                                                           "samples_seen": samples_seen},
-                                           meta_extra=fingerprint, keep_last=cfg.train.keep_last, logger=log)
+                                           meta_extra=fingerprint, keep_last=cfg.train.keep_last, logger=log, device=device)
                 if step >= last_steps:
                     break
                 t_data = time.perf_counter()
