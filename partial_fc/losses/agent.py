@@ -5,8 +5,8 @@ class centers. Features and agents are L2-normalised (x~, W~), no scale; d_ij = 
 = 2 - 2 cos_ij, the *squared* distance. Per sample i with label y_i:
 
     C-contrastive:                L_i = d_{i,y_i} + sum_{j != y_i} max(0, m - d_ij)
-    C-triplet, hardest (default): L_i = max(0, m + d_{i,y_i} - min_{j != y_i} d_ij)
-    C-triplet, all:               L_i = sum_{j != y_i} max(0, m + d_{i,y_i} - d_ij)
+    C-triplet, all (default):     L_i = sum_{j != y_i} max(0, m + d_{i,y_i} - d_ij)
+    C-triplet, hardest:           L_i = max(0, m + d_{i,y_i} - min_{j != y_i} d_ij)
 
 and the loss is the mean over the B samples of the global batch. These are the authors' Caffe
 layers as configured by their released prototxts (see docs/losses.md for the citations):

@@ -20,7 +20,8 @@ DEFAULT_CHUNK_SIZE = 65536
 
 class _AgentLoss(nn.Module):
     """The sharded agents and what the trainer and the checkpoints read: ``weight`` (this rank's
-    rows, row c initialised from (seed, c)), ``class_range``, ``num_classes``, ``embedding_dim``,
+    rows, row c initialised from (seed, c) and scaled to unit length; ``init_std`` only sets the
+    distribution it is drawn from), ``class_range``, ``num_classes``, ``embedding_dim``,
     ``seed``; the extra state {num_classes, class_range, seed} guards a load against another
     shard, like ``PartialFC``'s."""
 
@@ -49,7 +50,10 @@ class _AgentLoss(nn.Module):
         self.backbone_grad_average = backbone_grad_average
         self.class_range = class_range(num_classes, self.comm.world_size, self.comm.rank)
         start, stop = self.class_range
-        self.weight = nn.Parameter(init_class_rows(seed, start, stop, embedding_dim, std=init_std, device=device))
+        # on the unit sphere, as the authors' prototxts initialise the agents: the loss only sees
+        # W / |W|, but the gradient through that normalisation scales with 1 / |W|
+        rows = init_class_rows(seed, start, stop, embedding_dim, std=init_std, device=device)
+        self.weight = nn.Parameter(nn.functional.normalize(rows, dim=1))
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         check_batch(embeddings, labels, embedding_dim=self.embedding_dim)
@@ -97,12 +101,14 @@ class CContrastiveLoss(_AgentLoss):
 class CTripletLoss(_AgentLoss):
     """NormFace C-triplet: the other agents at least m farther (squared distance) than the own.
 
-    ``negatives="hardest"`` (default): only the nearest other agent's hinge counts, as the
-    authors' ``normalized_Euclidean_triplet.prototxt`` (hardest_only: true, margin: 0.8, the
-    default m); ``"all"``: the hinges of every other agent are summed. Same interface as
-    ``CContrastiveLoss``; collectives in ``partial_fc.losses.agent``.
+    ``negatives="all"`` (default): the hinges of every other agent are summed; ``"hardest"``:
+    only the nearest other agent's hinge counts, as the authors' fine-tuning configuration
+    ``normalized_Euclidean_triplet.prototxt`` (hardest_only: true; margin 0.8, the default m).
+    Trained from scratch, "hardest" stayed at chance on the demo data while "all" learned (figures
+    in docs/losses.md), hence the default. Same interface as ``CContrastiveLoss``; collectives
+    in ``partial_fc.losses.agent``.
     """
 
     kind = "triplet"
     default_margin = 0.8
-    negatives = "hardest"
+    negatives = "all"

@@ -16,8 +16,8 @@ CASES = {
     "contrastive": ("contrastive", dict(margin=1.0)),
     "c_contrastive": ("c_contrastive", dict(margin=2.0)),
     "c_contrastive_default": ("c_contrastive", dict()),
-    "c_triplet": ("c_triplet", dict(margin=0.3)),
-    "c_triplet_default": ("c_triplet", dict()),
+    "c_triplet": ("c_triplet", dict(margin=0.3, negatives="hardest")),
+    "c_triplet_default": ("c_triplet", dict(negatives="hardest")),
 }
 
 

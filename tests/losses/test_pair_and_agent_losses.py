@@ -35,9 +35,9 @@ TIE_AGENTS = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1
 # name -> (kind, kwargs, batch, agents or None for the module's own initial rows)
 AGENT_CASES = {
     "c_triplet_all": ("c_triplet", dict(margin=0.3, negatives="all"), global_batch, None),
-    "c_triplet_all_default_margin": ("c_triplet", dict(negatives="all"), global_batch, None),
-    "c_triplet_near": ("c_triplet", dict(), near_batch, None),
-    "c_triplet_tie": ("c_triplet", dict(margin=0.3), global_batch, TIE_AGENTS),
+    "c_triplet_all_default_margin": ("c_triplet", dict(), global_batch, None),  # the defaults: all, m = 0.8
+    "c_triplet_near": ("c_triplet", dict(negatives="hardest"), near_batch, None),
+    "c_triplet_tie": ("c_triplet", dict(margin=0.3, negatives="hardest"), global_batch, TIE_AGENTS),
 }
 ALL_CASES = {**{name: (kind, kwargs, global_batch, None) for name, (kind, kwargs) in CASES.items()}, **AGENT_CASES}
 # On the shared batch every sample's nearest other agent is nearer than its own agent, so each
@@ -98,7 +98,7 @@ def oracle_grads(name: str, weight: torch.Tensor | None):
         return loss.detach(), x.grad, None
     # the paper's settings as released (docs/losses.md): m = 1.0 and 0.8, hardest C-triplet
     margin = kwargs.get("margin", 1.0 if kind == "c_contrastive" else 0.8)
-    negatives = kwargs.get("negatives", "all" if kind == "c_contrastive" else "hardest")
+    negatives = kwargs.get("negatives", "all")
     w = weight.clone().requires_grad_()
     loss, active, inactive = oracle.agent_loss(x, w, y, kind.removeprefix("c_"), margin, negatives)
     assert active > 0 and (inactive > 0 or name in ALL_ACTIVE), "test data must exercise both sides of the hinge"
@@ -167,7 +167,7 @@ def test_backbone_grad_average_multiplies_the_embedding_gradient_by_n_once(resul
 
 
 def test_row_sparse_sgd_applies_the_agent_gradient():
-    loss_fn = build("c_triplet", dict(margin=0.3))
+    loss_fn = build("c_triplet", dict(margin=0.3, negatives="hardest"))
     x, labels = global_batch()
     before = loss_fn.weight.detach().clone()
     loss_fn(x.float(), labels).backward()
