@@ -4,6 +4,7 @@
     convert_*.py      folders of crops, InsightFace RecordIO and .bin files -> shards / pairs
     shard_writer.py   webdataset tar shards, complete-or-absent; manifest.py describes them
     loader.py         the training loader (resampled, split by rank and worker, endless)
+    identity_loader.py  P identities x K images per batch, by random access (tar_index.py)
     pairs.py          the project's verification-pair format; pair_loader.py batches it
 
 The names below are imported lazily so that ``partial-fc data convert`` never pays for torch.
@@ -19,6 +20,11 @@ _LAZY: dict[str, str] = {
     "build_train_loader": "partial_fc.data.loader",
     "TrainLoader": "partial_fc.data.loader",
     "LoaderStats": "partial_fc.data.loader_stats",
+    "IdentityBatchLoader": "partial_fc.data.identity_loader",
+    "build_loader": "partial_fc.data.identity_loader",
+    "IdentityBalancedSampler": "partial_fc.data.identity_sampler",
+    "SampleIndex": "partial_fc.data.tar_index",
+    "load_or_build_index": "partial_fc.data.tar_index",
     "PairSet": "partial_fc.data.pairs",
     "load_pairs": "partial_fc.data.pairs",
     "save_pairs": "partial_fc.data.pairs",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -10,7 +11,8 @@ from typing import BinaryIO
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    # a name of its own: two processes writing the same file must not share one temporary
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         with open(tmp, "wb") as f:
             write(f)
