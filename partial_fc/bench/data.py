@@ -3,12 +3,14 @@
     partial-fc bench data                       # on a temporary synthetic set, 112x112
     partial-fc bench data --data data/ms1mv3 --workers 8
 
-Three figures, each the median over ``--repeats``:
+Four figures, each the median over ``--repeats``:
   decode only   simplejpeg on in-memory JPEG bytes, one core: the floor of what a worker costs
   per worker    the full worker pipeline (tar read, shuffle buffer, decode, flip, batch,
                 normalise) in this process, one core
   total         the real DataLoader with --workers processes, images/s reaching the trainer
                 (from the second batch on, so worker start-up is not counted)
+  identity      the same for identity-balanced batches (P identities x K images, random access
+                through the tar index), and the rate at which the index is built from scratch
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="DataLoader workers for the total (default: all cores)")  # fmt: skip
+    parser.add_argument("--images-per-identity", type=int, default=4, help="K of the identity-balanced batches (default 4)")
 
 
 def _decode_only(config: TrainLoaderConfig, repeats: int) -> float:
@@ -80,6 +83,27 @@ def _total(config: TrainLoaderConfig, batches: int, repeats: int) -> float:
     return statistics.median(rates)
 
 
+def _identity(config: TrainLoaderConfig, batches: int, repeats: int, k: int) -> tuple[float, float]:
+    """(images/s of identity-balanced batches through the DataLoader, samples/s of a cold index build)."""
+    from partial_fc.data.identity_loader import IdentityBatchLoader
+    from partial_fc.data.tar_index import build_index
+
+    start = time.perf_counter()
+    index = build_index(config.shards)
+    index_rate = len(index) / (time.perf_counter() - start)
+    rates = []
+    for r in range(repeats):
+        loader = IdentityBatchLoader(config.with_(steps_per_epoch=batches + 1), images_per_identity=k, rank=0,
+                                     world_size=1, epoch=r)
+        it = iter(loader)
+        next(it)  # worker start-up is not throughput
+        t, n = time.perf_counter(), 0
+        for images, _ in it:
+            n += len(images)
+        rates.append(n / (time.perf_counter() - t))
+    return statistics.median(rates), index_rate
+
+
 def _synthetic(out: Path, *, images: int, size: int, workers: int) -> None:
     from partial_fc.data.synth.config import SynthConfig
     from partial_fc.data.synth.generate import generate
@@ -106,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         decode = _decode_only(config, args.repeats)
         worker_wall, worker_cpu = _per_worker(config, args.batches, args.repeats)
         total = _total(config, args.batches, args.repeats)
+        identity, index_rate = _identity(config, args.batches, args.repeats, args.images_per_identity)
     used = min(args.workers, cores)
     source = args.data if args.data else f"temporary synthetic set, {args.size}x{args.size} JPEG"
     print(f"data: {source}, batch {args.batch_size}, median of {args.repeats} repeats, {cores} cores")
@@ -113,4 +138,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"per worker (decode+augment, 1 core):   {worker_wall:10,.0f} img/s wall, "
           f"{worker_cpu:,.0f} img/s per CPU-second")  # fmt: skip
     print(f"total ({args.workers} DataLoader workers):      {total:10,.0f} img/s  ({total / used:,.0f} per core used)")
+    print(f"identity P x K, K={args.images_per_identity} ({args.workers} workers):  {identity:10,.0f} img/s  "
+          f"({identity / total:.2f}x the streamed total); tar index built at {index_rate:,.0f} samples/s")
     return 0

@@ -156,7 +156,7 @@ class _IdentityBatches(Dataset):
         return image
 
 
-def _index_for(shards: tuple[str, ...]) -> SampleIndex:
+def index_for(shards: tuple[str, ...]) -> SampleIndex:
     """Cached beside the shards when they share a directory (the data directory); else in memory."""
     # absolute: load_or_build_index reads relative paths from the data directory, not the cwd
     absolute = [str(Path(s).absolute()) for s in shards]
@@ -197,7 +197,7 @@ class IdentityBatchLoader:
                 f"P identities x {k} images; set batch_size to a multiple of {k}"
             )
         self.config, self.rank, self.world_size, self.epoch = config, rank, world_size, epoch
-        self.index = _index_for(config.shards)
+        self.index = index_for(config.shards)
         if len(self.index) == 0:
             raise ValueError(
                 f"no sample could be indexed in {len(config.shards)} shards (skipped: {self.index.skipped}); "
