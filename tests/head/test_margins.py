@@ -39,7 +39,7 @@ def test_whole_head_passes_gradcheck_for_embeddings(name):
 def test_registry_lists_choices_and_rejects_unknown_parameters():
     with pytest.raises(ValueError, match=r"unknown margin 'arcfce'.*choose from \['arcface'"):
         margins.build("arcfce")
-    with pytest.raises(ValueError, match=r"bad parameters \['m'\].*valid: \['scale', 'margin_rad'\]"):
+    with pytest.raises(ValueError, match=r"^unknown parameters \['m'\] for margin 'arcface'; valid: \['scale', 'margin_rad'\]"):
         margins.build("arcface", m=0.5)
 
 
@@ -81,3 +81,11 @@ def test_sphereface_lambda_anneals_from_base_to_minimum():
     psi = -math.cos(4 * math.acos(0.5)) - 2  # theta = 60 deg is in [pi/4, pi/2): k = 1
     assert float(early) == pytest.approx((1000 * 0.5 + psi) / 1001)
     assert float(late) == pytest.approx((5 * 0.5 + psi) / 6)
+
+
+def test_only_the_unknown_parameters_are_named():
+    # switching a config's margin keeps its margin_params: the message must say which one is foreign
+    with pytest.raises(ValueError, match=r"^unknown parameters \['margin_rad'\] for margin 'adaface'"):
+        margins.build("adaface", scale=32.0, margin_rad=0.3)
+    with pytest.raises(ValueError, match=r"^bad parameters \['scale'\] \(.*\) for margin 'arcface'"):
+        margins.build("arcface", scale="big")

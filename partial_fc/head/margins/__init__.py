@@ -56,7 +56,9 @@ def build(name: str, **params: Any) -> Margin:
         import inspect
 
         valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        raise ValueError(f"bad parameters {sorted(params)} for margin {name!r}: {err}; valid: {valid}") from None
+        unknown = sorted(set(params) - set(valid))
+        what = f"unknown parameters {unknown}" if unknown else f"bad parameters {sorted(params)} ({err})"
+        raise ValueError(f"{what} for margin {name!r}; valid: {valid}") from None
 
 
 __all__ = ["Margin", "ScaledCosineMargin", "build", "names", "REGISTRY"] + [c.__name__ for c in REGISTRY.values()]
