@@ -69,12 +69,14 @@ def _per_worker(config: TrainLoaderConfig, batches: int, repeats: int) -> tuple[
     return statistics.median(wall), statistics.median(cpu)
 
 
-def _total(config: TrainLoaderConfig, batches: int, repeats: int) -> float:
-    from partial_fc.data.loader import build_train_loader
+def _total(config: TrainLoaderConfig, batches: int, repeats: int, *, sampler: str = "stream", k: int = 4) -> float:
+    """Images/s reaching the trainer through the real DataLoader (``sampler`` as data.sampler)."""
+    from partial_fc.data.identity_loader import build_loader
 
     rates = []
     for r in range(repeats):
-        it = iter(build_train_loader(config.with_(steps_per_epoch=batches + 1), rank=0, world_size=1, epoch=r))
+        it = iter(build_loader(config.with_(steps_per_epoch=batches + 1), sampler=sampler, images_per_identity=k,
+                               rank=0, world_size=1, epoch=r))
         next(it)  # worker start-up and the first shuffle-buffer fill are not throughput
         t, n = time.perf_counter(), 0
         for images, _ in it:
@@ -83,25 +85,13 @@ def _total(config: TrainLoaderConfig, batches: int, repeats: int) -> float:
     return statistics.median(rates)
 
 
-def _identity(config: TrainLoaderConfig, batches: int, repeats: int, k: int) -> tuple[float, float]:
-    """(images/s of identity-balanced batches through the DataLoader, samples/s of a cold index build)."""
-    from partial_fc.data.identity_loader import IdentityBatchLoader
+def _index_rate(config: TrainLoaderConfig) -> float:
+    """Samples/s of a cold build of the tar index (one process, no cache)."""
     from partial_fc.data.tar_index import build_index
 
     start = time.perf_counter()
     index = build_index(config.shards)
-    index_rate = len(index) / (time.perf_counter() - start)
-    rates = []
-    for r in range(repeats):
-        loader = IdentityBatchLoader(config.with_(steps_per_epoch=batches + 1), images_per_identity=k, rank=0,
-                                     world_size=1, epoch=r)
-        it = iter(loader)
-        next(it)  # worker start-up is not throughput
-        t, n = time.perf_counter(), 0
-        for images, _ in it:
-            n += len(images)
-        rates.append(n / (time.perf_counter() - t))
-    return statistics.median(rates), index_rate
+    return len(index) / (time.perf_counter() - start)
 
 
 def _synthetic(out: Path, *, images: int, size: int, workers: int) -> None:
@@ -130,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         decode = _decode_only(config, args.repeats)
         worker_wall, worker_cpu = _per_worker(config, args.batches, args.repeats)
         total = _total(config, args.batches, args.repeats)
-        identity, index_rate = _identity(config, args.batches, args.repeats, args.images_per_identity)
+        identity = _total(config, args.batches, args.repeats, sampler="identity", k=args.images_per_identity)
+        index_rate = _index_rate(config)
     used = min(args.workers, cores)
     source = args.data if args.data else f"temporary synthetic set, {args.size}x{args.size} JPEG"
     print(f"data: {source}, batch {args.batch_size}, median of {args.repeats} repeats, {cores} cores")

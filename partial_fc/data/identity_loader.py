@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from partial_fc.data.identity_sampler import IdentityBalancedSampler
 from partial_fc.data.images import CorruptImageError, decode_rgb
-from partial_fc.data.loader import TrainLoader, _worker_init
+from partial_fc.data.loader import EpochLoader, TrainLoader
 from partial_fc.data.loader_config import TrainLoaderConfig
-from partial_fc.data.loader_stats import COUNTS, LoaderStats
+from partial_fc.data.loader_stats import COUNTS
 from partial_fc.data.seeding import rng_for
 from partial_fc.data.tar_index import SampleIndex, build_index, load_or_build_index
 from partial_fc.data.worker_stream import to_float_chw, to_uint8_chw
@@ -176,18 +176,13 @@ def _check_labels(index: SampleIndex, num_classes: int | None) -> None:
         )
 
 
-class IdentityBatchLoader:
+class IdentityBatchLoader(EpochLoader):
     """P = config.batch_size // images_per_identity identities x K = images_per_identity images
     per rank per step; see the module docstring. Builds (or loads) the tar index on creation."""
 
     def __init__(self, config: TrainLoaderConfig, *, images_per_identity: int, rank: int, world_size: int,
                  epoch: int = 0, small_identities: str = "replace") -> None:
-        if world_size < 1:
-            raise ValueError(f"world_size must be >= 1, got {world_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        super().__init__(config, rank=rank, world_size=world_size, epoch=epoch)
         k = images_per_identity
         if not (isinstance(k, (int, np.integer)) and k >= 1):
             raise ValueError(f"images_per_identity must be an integer >= 1, got {k!r}")
@@ -196,7 +191,6 @@ class IdentityBatchLoader:
                 f"data.batch_size {config.batch_size} is not a multiple of images_per_identity {k}: a batch is "
                 f"P identities x {k} images; set batch_size to a multiple of {k}"
             )
-        self.config, self.rank, self.world_size, self.epoch = config, rank, world_size, epoch
         self.index = index_for(config.shards)
         if len(self.index) == 0:
             raise ValueError(
@@ -210,46 +204,11 @@ class IdentityBatchLoader:
         self.sampler = IdentityBalancedSampler(self.index.label, p=config.batch_size // k, k=k, rank=rank,
                                                world_size=world_size, seed=config.seed,
                                                small_identities=small_identities)
-        self.steps = config.steps_for(world_size)
-        self.stats = LoaderStats()
-        self.pin_memory = torch.cuda.is_available() if config.pin_memory is None else config.pin_memory
         self._files = _ShardFiles(self.index.shard_paths)
 
-    def __len__(self) -> int:
-        return self.steps
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch the next iteration reads (otherwise each full pass advances it)."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.iterate(0)
-
-    def iterate(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches ``start, start + 1, ...`` of the current epoch; the skipped ones are not read."""
-        if not 0 <= start <= self.steps:
-            raise ValueError(f"start must be in [0, {self.steps}] (the epoch's steps), got {start}")
-        return self._batches(start)
-
     def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        cfg, workers = self.config, self.config.num_workers
-        loader = DataLoader(
-            _IdentityBatches(self, epoch=self.epoch),
-            batch_size=None,  # a dataset item is a whole batch
-            sampler=range(start, self.steps),
-            num_workers=workers,
-            pin_memory=self.pin_memory,
-            worker_init_fn=_worker_init if workers > 0 else None,
-            prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
-            persistent_workers=False,  # workers must see the new epoch
-            multiprocessing_context=cfg.worker_start_method if workers > 0 else None,
-        )
-        for images, labels, counts in loader:
-            self.stats.add_batch(len(labels), counts.tolist())
-            yield images, labels
-        self.epoch += 1
+        # random access: the skipped batches are never read
+        yield from self._read(_IdentityBatches(self, epoch=self.epoch), sampler=range(start, self.steps))
 
 
 def build_loader(config: TrainLoaderConfig, *, sampler: str, images_per_identity: int, rank: int, world_size: int,

@@ -34,7 +34,11 @@ def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-class TrainLoader:
+class EpochLoader:
+    """What every training loader shares: ``len`` (steps per epoch on every rank), ``set_epoch``,
+    iteration from a step (``iterate``), ``stats``, and the DataLoader settings of the workers.
+    A subclass implements ``_batches(start)`` as a generator, usually through ``_read``."""
+
     def __init__(self, config: TrainLoaderConfig, *, rank: int, world_size: int, epoch: int = 0) -> None:
         if world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {world_size}")
@@ -46,14 +50,6 @@ class TrainLoader:
         self.steps = config.steps_for(world_size)
         self.stats = LoaderStats()
         self.pin_memory = torch.cuda.is_available() if config.pin_memory is None else config.pin_memory
-        streams = world_size * max(config.num_workers, 1)
-        if len(config.shards) < streams:
-            warnings.warn(
-                f"{len(config.shards)} shards for {streams} reading streams ({world_size} ranks x "
-                f"{max(config.num_workers, 1)} workers): streams will read the same shards at the same "
-                "time and batches will repeat samples more than a shuffled pass would; write smaller shards",
-                stacklevel=2,
-            )
 
     def __len__(self) -> int:
         return self.steps
@@ -68,20 +64,23 @@ class TrainLoader:
         return self.iterate(0)
 
     def iterate(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches ``start, start + 1, ...`` of the current epoch (to resume mid-epoch). The stream
-        is sequential, so the skipped batches are still read and decoded, then dropped; ``stats``
-        counts them too (they were read)."""
+        """Batches ``start, start + 1, ...`` of the current epoch (to resume mid-epoch)."""
         if not 0 <= start <= self.steps:
             raise ValueError(f"start must be in [0, {self.steps}] (the epoch's steps), got {start}")
         return self._batches(start)
 
     def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        cfg = self.config
-        dataset = ShardStream(cfg, rank=self.rank, world_size=self.world_size, epoch=self.epoch, steps=self.steps)
-        workers = cfg.num_workers
+        raise NotImplementedError
+
+    def _read(self, dataset: torch.utils.data.Dataset, *, drop: int = 0,
+              sampler: range | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Whole batches of ``dataset`` (items are ``(images, labels, skip counts)``) through the
+        workers; the first ``drop`` are read and counted but not yielded. Advances the epoch."""
+        cfg, workers = self.config, self.config.num_workers
         loader = DataLoader(
             dataset,
             batch_size=None,  # batches are built in the workers
+            sampler=sampler,
             num_workers=workers,
             pin_memory=self.pin_memory,
             worker_init_fn=_worker_init if workers > 0 else None,
@@ -91,9 +90,28 @@ class TrainLoader:
         )
         for position, (images, labels, counts) in enumerate(loader):
             self.stats.add_batch(len(labels), counts.tolist())
-            if position >= start:
+            if position >= drop:
                 yield images, labels
         self.epoch += 1
+
+
+class TrainLoader(EpochLoader):
+    def __init__(self, config: TrainLoaderConfig, *, rank: int, world_size: int, epoch: int = 0) -> None:
+        super().__init__(config, rank=rank, world_size=world_size, epoch=epoch)
+        streams = world_size * max(config.num_workers, 1)
+        if len(config.shards) < streams:
+            warnings.warn(
+                f"{len(config.shards)} shards for {streams} reading streams ({world_size} ranks x "
+                f"{max(config.num_workers, 1)} workers): streams will read the same shards at the same "
+                "time and batches will repeat samples more than a shuffled pass would; write smaller shards",
+                stacklevel=2,
+            )
+
+    def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # The stream is sequential: the skipped batches are still read and decoded, then dropped
+        # (``stats`` counts them too, they were read).
+        dataset = ShardStream(self.config, rank=self.rank, world_size=self.world_size, epoch=self.epoch, steps=self.steps)
+        yield from self._read(dataset, drop=start)
 
 
 def build_train_loader(config: TrainLoaderConfig, *, rank: int, world_size: int, epoch: int = 0) -> TrainLoader:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import re
 import tarfile
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from partial_fc.data.atomic import write_atomic
 
 INDEX_NAME = "tar_index.npz"
 INDEX_FORMAT = "partial-fc-tar-index"
@@ -257,18 +258,8 @@ def _write_cache(path: Path, names: Sequence[str], stats: Sequence[tuple[int, in
         "shard_skipped": index.shard_skipped,
         "offset": index.offset, "size": index.size, "label": index.label,
     }
-    # A unique temporary name per writer: several ranks may build at once, and a shared
-    # "NAME.tmp" would let one rank rename a file another is still writing into.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # write_atomic gives each writer its own temporary: several ranks may build at once
+    write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def load_or_build_index(data_dir: str | Path, shards: Sequence[str | Path], *, cache: bool = True) -> SampleIndex:

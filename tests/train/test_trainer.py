@@ -19,22 +19,9 @@ from partial_fc.config.train import TrainConfig
 from partial_fc.train.checkpoint import latest_checkpoint
 from partial_fc.train.checkpoint_files import safe_load
 from partial_fc.train.trainer import plan, train
-from tests.tiny_run import make_tiny_data, tiny_config as config
+from tests.tiny_run import tiny_config as config
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
-
-
-@pytest.fixture(autouse=True)
-def _single_process_environment(monkeypatch):
-    """In-process runs must not see launcher variables (a SLURM allocation, a leaked LOCAL_RANK)."""
-    for key in list(os.environ):
-        if key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") or key.startswith("SLURM_"):
-            monkeypatch.delenv(key)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return make_tiny_data(tmp_path_factory.mktemp("synth") / "data")
 
 
 def final_state(run_dir: Path) -> dict:

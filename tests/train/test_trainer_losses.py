@@ -18,21 +18,9 @@ from partial_fc.config.train import TrainConfig
 from partial_fc.train.checkpoint import latest_checkpoint, read_meta
 from partial_fc.train.checkpoint_files import safe_load
 from partial_fc.train.trainer import train
-from tests.tiny_run import make_tiny_data, tiny_config
+from tests.tiny_run import tiny_config
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
-
-
-@pytest.fixture(autouse=True)
-def _single_process_environment(monkeypatch):
-    for key in list(os.environ):
-        if key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") or key.startswith("SLURM_"):
-            monkeypatch.delenv(key)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return make_tiny_data(tmp_path_factory.mktemp("synth") / "data")
 
 
 def config(data_dir: Path, run: Path, loss: dict, **sections) -> dict:
