@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from partial_fc.data.loader_config import TrainLoaderConfig
+from partial_fc.data.loaders.config import TrainLoaderConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +55,7 @@ def _decode_only(config: TrainLoaderConfig, repeats: int) -> float:
 
 def _per_worker(config: TrainLoaderConfig, batches: int, repeats: int) -> tuple[float, float]:
     """(wall images/s, images per CPU-second) of the worker pipeline run in this process."""
-    from partial_fc.data.worker_stream import ShardStream
+    from partial_fc.data.loaders.worker_stream import ShardStream
 
     wall, cpu = [], []
     for r in range(repeats):
@@ -71,7 +71,7 @@ def _per_worker(config: TrainLoaderConfig, batches: int, repeats: int) -> tuple[
 
 def _total(config: TrainLoaderConfig, batches: int, repeats: int, *, sampler: str = "stream", k: int = 4) -> float:
     """Images/s reaching the trainer through the real DataLoader (``sampler`` as data.sampler)."""
-    from partial_fc.data.identity_loader import build_loader
+    from partial_fc.data.loaders.build import build_loader
 
     rates = []
     for r in range(repeats):
@@ -87,7 +87,7 @@ def _total(config: TrainLoaderConfig, batches: int, repeats: int, *, sampler: st
 
 def _index_rate(config: TrainLoaderConfig) -> float:
     """Samples/s of a cold build of the tar index (one process, no cache)."""
-    from partial_fc.data.tar_index import build_index
+    from partial_fc.data.formats.tar_index import build_index
 
     start = time.perf_counter()
     index = build_index(config.shards)

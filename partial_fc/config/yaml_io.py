@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -12,6 +11,7 @@ import yaml
 
 from partial_fc.config.dicts import from_dict, to_dict
 from partial_fc.config.overrides import apply_overrides
+from partial_fc.util.atomic import write_text_atomic
 
 T = TypeVar("T")
 
@@ -45,19 +45,6 @@ def to_yaml(cfg: Any) -> str:
 
 
 def dump_yaml(cfg: Any, path: str | os.PathLike[str]) -> Path:
-    """Write `cfg` to `path` atomically (temp file in the same folder, then os.replace), so a
+    """Write `cfg` to `path` atomically (util.atomic), so a
     reader never sees half a file and a crash leaves the previous version. Returns the path."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(to_yaml(cfg))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the run folder is meant to be read by others
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_text_atomic(path, to_yaml(cfg))

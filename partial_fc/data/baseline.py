@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from partial_fc.data.pairs import PairSet
+from partial_fc.data.formats.pairs import PairSet
 
 
 def pixel_pair_scores(pairs: PairSet, *, chunk: int = 256) -> np.ndarray:

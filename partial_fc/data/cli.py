@@ -91,8 +91,8 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 def _run_convert(args: argparse.Namespace) -> int:
     if args.source_kind == "bin":
-        from partial_fc.data.insightface_bin import read_insightface_bin
-        from partial_fc.data.pairs import PAIRS_SUFFIX, save_pairs
+        from partial_fc.data.formats.insightface_bin import read_insightface_bin
+        from partial_fc.data.formats.pairs import PAIRS_SUFFIX, save_pairs
 
         pairs = read_insightface_bin(args.source)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         print(f"wrote {pairs.num_pairs} pairs ({int(pairs.issame.sum())} same) to {path}")
         return 0
 
-    from partial_fc.data.convert import ConvertConfig
+    from partial_fc.data.convert.common import ConvertConfig
 
     config = ConvertConfig(
         out_dir=args.out,
@@ -112,11 +112,11 @@ def _run_convert(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
     )
     if args.source_kind == "folder":
-        from partial_fc.data.convert_folder import convert_folder
+        from partial_fc.data.convert.folder import convert_folder
 
         manifest = convert_folder(args.source, config)
     else:
-        from partial_fc.data.convert_rec import convert_rec
+        from partial_fc.data.convert.rec import convert_rec
 
         manifest = convert_rec(args.source, config)
     print(f"wrote {manifest.num_samples} samples of {manifest.num_classes} classes "
@@ -128,7 +128,7 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 def _run_baseline(args: argparse.Namespace) -> int:
     from partial_fc.data.baseline import kfold_accuracy, pixel_pair_scores
-    from partial_fc.data.pairs import load_pairs
+    from partial_fc.data.formats.pair_files import load_pairs
 
     pairs = load_pairs(args.pairs)
     mean, std = kfold_accuracy(pixel_pair_scores(pairs), pairs.issame)
@@ -137,7 +137,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from partial_fc.data.manifest import load_manifest
+    from partial_fc.data.formats.manifest import load_manifest
 
     m = load_manifest(args.data_dir)
     sizes = [s.num_samples for s in m.shards] or [0]

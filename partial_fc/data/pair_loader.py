@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from partial_fc.data.pairs import PairSet
-from partial_fc.data.worker_stream import to_float_chw
+from partial_fc.data.formats.pairs import PairSet
+from partial_fc.data.loaders.worker_stream import to_float_chw
 
 
 def iter_pair_batches(

@@ -13,8 +13,8 @@ import json
 
 import numpy as np
 
-from partial_fc.data.atomic import write_atomic
-from partial_fc.data.progress import Progress
+from partial_fc.util.atomic import write_atomic
+from partial_fc.util.progress import Progress
 from partial_fc.embed.embedder import embed_images, unit_rows
 from partial_fc.embed.sources import open_source
 from partial_fc.eval.backbone import load_backbone

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from partial_fc.data.progress import Progress
-from partial_fc.data.worker_stream import to_float_chw
+from partial_fc.util.progress import Progress
+from partial_fc.data.loaders.worker_stream import to_float_chw
 
 
 def _batches(images: Iterable[np.ndarray], *, batch_size: int, image_size: int) -> Iterable[np.ndarray]:

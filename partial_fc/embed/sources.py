@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from partial_fc.data.convert_folder import image_extensions
-from partial_fc.data.images import decode_rgb
-from partial_fc.data.manifest import MANIFEST_NAME, load_manifest
+from partial_fc.data.convert.folder import image_extensions
+from partial_fc.data.formats.images import decode_rgb
+from partial_fc.data.formats.manifest import MANIFEST_NAME, load_manifest
 
 
 @dataclass(frozen=True)

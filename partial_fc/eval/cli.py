@@ -13,8 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from partial_fc.data.atomic import write_atomic
-from partial_fc.data.pairs import load_pairs
+from partial_fc.util.atomic import write_atomic
+from partial_fc.data.formats.pair_files import load_pairs
 from partial_fc.embed.sources import open_source
 from partial_fc.eval import plots, report
 from partial_fc.eval.backbone import load_backbone, resolve_checkpoint

@@ -22,8 +22,8 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
-from partial_fc.data.images import decode_rgb
-from partial_fc.data.progress import Progress
+from partial_fc.data.formats.images import decode_rgb
+from partial_fc.util.progress import Progress
 from partial_fc.embed.embedder import embed_images
 from partial_fc.eval.align import align_face
 from partial_fc.eval.ijb import IJBResult, ijb_pair_scores

@@ -12,8 +12,8 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
-from partial_fc.data.pairs import PairSet
-from partial_fc.data.progress import Progress
+from partial_fc.data.formats.pairs import PairSet
+from partial_fc.util.progress import Progress
 from partial_fc.embed.embedder import embed_images, unit_rows
 from partial_fc.embed.sources import ImageSource
 from partial_fc.eval.identification import IdentificationResult, identify

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from numpy.typing import ArrayLike
 
 from partial_fc.eval.inputs import as_same_labels, as_scores
 from partial_fc.eval.roc import RocCurve
+from partial_fc.util.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +36,8 @@ class PlotFile:
 def save_png_atomic(fig: Figure, path: str | Path, *, dpi: int = 120) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            FigureCanvasAgg(fig)  # attach the Agg canvas: no pyplot, no display needed
-            fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    FigureCanvasAgg(fig)  # attach the Agg canvas: no pyplot, no display needed
+    return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 
 def plot_roc(

@@ -7,8 +7,6 @@ only then move it into place with os.replace. They return the largest absolute d
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -16,23 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from partial_fc.util.atomic import atomic_path
 
 PARITY_BATCH_SIZES = (2, 5)
 
 
 def _atomic(out: str | Path, write_and_check: Callable[[Path], float]) -> float:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        diff = write_and_check(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return diff
+    with atomic_path(out) as tmp:
+        return write_and_check(tmp)
 
 
 def _inputs(image_size: int, seed: int) -> list[torch.Tensor]:

@@ -21,9 +21,9 @@ import torch
 from partial_fc.comm import make_collectives
 from partial_fc.config import dump_yaml, to_dict
 from partial_fc.config.train import TrainConfig
-from partial_fc.data.identity_loader import build_loader, index_for
-from partial_fc.data.loader_config import TrainLoaderConfig
-from partial_fc.data.manifest import load_manifest
+from partial_fc.data.loaders.build import build_loader, prepare_loader
+from partial_fc.data.loaders.config import TrainLoaderConfig
+from partial_fc.data.formats.manifest import load_manifest
 from partial_fc.optim.schedule import WarmupDecay
 from partial_fc.train.criterion import build_criterion, build_head_optimizer, class_weights
 from partial_fc.train.logger import NullLogger, RunLogger, format_eta
@@ -83,12 +83,7 @@ def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
         rank, world = comm.rank, comm.world_size
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         the_plan, loader_cfg = plan(cfg, world_size=world)
-        if cfg.sampler == "identity" and world > 1:
-            # rank 0 indexes the shards and writes the cache; the others then read it instead of
-            # every rank parsing every tar header at once
-            if rank == 0:
-                index_for(loader_cfg.shards)
-            comm.all_gather(torch.zeros(1, device=device))
+        prepare_loader(loader_cfg, sampler=cfg.sampler, comm=comm, device=device)
         # before the model: the identity sampler's checks (enough identities, K) fail fast
         loader = build_loader(loader_cfg, sampler=cfg.sampler, images_per_identity=cfg.data.images_per_identity,
                               rank=rank, world_size=world)

@@ -16,7 +16,8 @@ from torch import nn
 
 from partial_fc.comm import Collectives
 from partial_fc.data.pair_loader import iter_pair_batches
-from partial_fc.data.pairs import PairSet, load_pairs
+from partial_fc.data.formats.pair_files import load_pairs
+from partial_fc.data.formats.pairs import PairSet
 from partial_fc.eval import summarize_roc, verify_interleaved
 from partial_fc.eval.verification import flip_sum_normalize, pair_cosine
 

@@ -9,7 +9,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from partial_fc.data.shard_writer import ShardWriter
+from partial_fc.data.formats.shards import ShardWriter
 
 
 def image(seed: int, size: int = 32) -> np.ndarray:

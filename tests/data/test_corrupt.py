@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from partial_fc.data.loader import build_train_loader
-from partial_fc.data.loader_config import TrainLoaderConfig
+from partial_fc.data.loaders.stream import build_stream_loader
+from partial_fc.data.loaders.config import TrainLoaderConfig
 from tests.data.helpers import jpeg, write_shards
 
 
@@ -41,7 +41,7 @@ def test_corrupt_samples_skipped_and_counted(tmp_path: Path, workers: int) -> No
             members += [("bad2.jpg", jpeg(7)), ("bad2.cls", b"seven")]  # label does not parse
             members += [("bad3.jpg", jpeg(8))]  # no label at all
     shard = _raw_shard(tmp_path / "mixed.tar", members)
-    loader = build_train_loader(_config([shard], num_workers=workers), rank=0, world_size=1)
+    loader = build_stream_loader(_config([shard], num_workers=workers), rank=0, world_size=1)
     (images, labels), = list(loader)
     assert labels.tolist() == [0, 1, 2, 3, 4, 5]  # exactly the good samples, in order
     assert loader.stats.corrupt_samples == 4
@@ -56,7 +56,7 @@ def test_truncated_shard_counted_as_read_error(tmp_path: Path) -> None:
     cut = tmp_path / "cut.tar"
     cut.write_bytes(Path(whole).read_bytes()[: fifth.offset_data + 20])  # ends inside a JPEG member
     (other,) = write_shards(tmp_path / "b", [8])
-    loader = build_train_loader(_config([str(cut), other], batch_size=4, steps_per_epoch=6), rank=0, world_size=1)
+    loader = build_stream_loader(_config([str(cut), other], batch_size=4, steps_per_epoch=6), rank=0, world_size=1)
     assert sum(1 for _ in loader) == 6
     assert loader.stats.read_errors >= 1
 
@@ -65,7 +65,7 @@ def test_truncated_shard_counted_as_read_error(tmp_path: Path) -> None:
 def test_no_readable_shard_is_an_error_not_a_hang(tmp_path: Path) -> None:
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"\0" * 10 + b"garbage" * 100)
-    loader = build_train_loader(_config([str(junk), str(tmp_path / "missing.tar")]), rank=0, world_size=1)
+    loader = build_stream_loader(_config([str(junk), str(tmp_path / "missing.tar")]), rank=0, world_size=1)
     with pytest.raises(RuntimeError, match="shards in a row gave no sample"):
         list(loader)
     assert loader.stats.batches == 0
@@ -73,7 +73,7 @@ def test_no_readable_shard_is_an_error_not_a_hang(tmp_path: Path) -> None:
 
 def test_label_outside_num_classes_is_an_error(tmp_path: Path) -> None:
     (shard,) = write_shards(tmp_path, [6], label_of=lambda i: 100 + i)
-    loader = build_train_loader(_config([shard], num_classes=50), rank=0, world_size=1)
+    loader = build_stream_loader(_config([shard], num_classes=50), rank=0, world_size=1)
     with pytest.raises(ValueError, match=r"label 100 of sample .* outside \[0, 50\)"):
         list(loader)
 
@@ -82,6 +82,6 @@ def test_label_outside_num_classes_is_an_error(tmp_path: Path) -> None:
 def test_only_corrupt_samples_is_an_error_not_a_hang(tmp_path: Path) -> None:
     members = [m for k in range(5) for m in ((f"{k}.jpg", b"not a jpeg"), (f"{k}.cls", b"1"))]
     shard = _raw_shard(tmp_path / "bad.tar", members)
-    loader = build_train_loader(_config([shard], max_corrupt_in_a_row=20), rank=0, world_size=1)
+    loader = build_stream_loader(_config([shard], max_corrupt_in_a_row=20), rank=0, world_size=1)
     with pytest.raises(RuntimeError, match="21 samples in a row failed to decode"):
         list(loader)

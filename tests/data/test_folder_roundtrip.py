@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 
 from partial_fc.data import cli
-from partial_fc.data.convert import ConvertConfig
-from partial_fc.data.convert_folder import convert_folder
-from partial_fc.data.loader import build_train_loader
-from partial_fc.data.loader_config import TrainLoaderConfig
-from partial_fc.data.manifest import load_manifest
+from partial_fc.data.convert.common import ConvertConfig
+from partial_fc.data.convert.folder import convert_folder
+from partial_fc.data.loaders.stream import build_stream_loader
+from partial_fc.data.loaders.config import TrainLoaderConfig
+from partial_fc.data.formats.manifest import load_manifest
 from tests.data.helpers import jpeg, png
 
 IDENTITIES = ["carol", "alice", "bob"]
@@ -97,7 +97,7 @@ def test_loader_reads_back_every_sample(faces: Path, tmp_path: Path) -> None:
     config = TrainLoaderConfig.from_manifest(
         out, batch_size=4, image_size=32, num_workers=0, shuffle_buffer=1, flip=False, steps_per_epoch=3
     )
-    loader = build_train_loader(config, rank=0, world_size=1)
+    loader = build_stream_loader(config, rank=0, world_size=1)
     seen = []
     for images, labels in loader:
         assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
@@ -111,20 +111,16 @@ def test_loader_reads_back_every_sample(faces: Path, tmp_path: Path) -> None:
     assert loader.stats.samples == 12 and loader.stats.corrupt_samples == 0
 
 
-def test_flip_and_uint8_output(faces: Path, tmp_path: Path) -> None:
+def test_flip(faces: Path, tmp_path: Path) -> None:
     out = tmp_path / "shards"
     convert_folder(faces, ConvertConfig(out_dir=out, show_progress=False))
     base = dict(batch_size=12, image_size=32, num_workers=0, shuffle_buffer=1, steps_per_epoch=1)
-    plain = next(iter(build_train_loader(TrainLoaderConfig.from_manifest(out, flip=False, **base), rank=0, world_size=1)))
-    flipped = next(iter(build_train_loader(TrainLoaderConfig.from_manifest(out, flip=True, **base), rank=0, world_size=1)))
-    raw = next(iter(build_train_loader(
-        TrainLoaderConfig.from_manifest(out, flip=False, normalize_in_worker=False, **base), rank=0, world_size=1)))  # fmt: skip
+    plain = next(iter(build_stream_loader(TrainLoaderConfig.from_manifest(out, flip=False, **base), rank=0, world_size=1)))
+    flipped = next(iter(build_stream_loader(TrainLoaderConfig.from_manifest(out, flip=True, **base), rank=0, world_size=1)))
     assert torch.equal(plain[1], flipped[1])
     mirrored = [torch.equal(flipped[0][k], plain[0][k].flip(-1)) for k in range(12)]
     unchanged = [torch.equal(flipped[0][k], plain[0][k]) for k in range(12)]
     assert all(m or u for m, u in zip(mirrored, unchanged)) and 0 < sum(mirrored) < 12  # about half
-    assert raw[0].dtype == torch.uint8
-    torch.testing.assert_close(raw[0].float() / 127.5 - 1.0, plain[0], rtol=0, atol=1e-6)
 
 
 def test_cli_convert_folder_and_info(faces: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from partial_fc.data.baseline import kfold_accuracy
-from partial_fc.data.manifest import MANIFEST_NAME, ShardManifest, load_manifest, write_manifest
-from partial_fc.data.pairs import PairSet, load_pairs, save_pairs
-from partial_fc.data.shard_writer import ShardInfo, ShardWriter
+from partial_fc.data.formats.manifest import MANIFEST_NAME, ShardManifest, load_manifest, write_manifest
+from partial_fc.data.formats.pair_files import load_pairs
+from partial_fc.data.formats.pairs import PairSet, save_pairs
+from partial_fc.data.formats.shards import ShardInfo, ShardWriter
 from tests.data.helpers import image, jpeg
 
 

@@ -14,12 +14,13 @@ import pytest
 import torch
 import webdataset as wds
 
-from partial_fc.data.identity_loader import IdentityBatchLoader, build_loader
-from partial_fc.data.images import decode_rgb
-from partial_fc.data.loader import TrainLoader
-from partial_fc.data.loader_config import TrainLoaderConfig
-from partial_fc.data.shard_writer import ShardWriter
-from partial_fc.data.worker_stream import to_float_chw
+from partial_fc.data.loaders.build import build_loader
+from partial_fc.data.loaders.identity import IdentityBatchLoader
+from partial_fc.data.formats.images import decode_rgb
+from partial_fc.data.loaders.stream import StreamLoader
+from partial_fc.data.loaders.config import TrainLoaderConfig
+from partial_fc.data.formats.shards import ShardWriter
+from partial_fc.data.loaders.worker_stream import to_float_chw
 from tests.data.helpers import jpeg
 from tests.tiny_run import make_tiny_data
 
@@ -110,14 +111,12 @@ def test_images_are_the_decoded_jpegs(tiny: Path) -> None:
     jpegs = _jpegs_in_index_order(tiny)
     plain = _loader(tiny, flip=False)
     flipped = _loader(tiny, flip=True)
-    as_uint8 = _loader(tiny, flip=False, normalize_in_worker=False)
     steps = len(plain.sampler)
     flips = 0
-    for t, ((images, labels), (f_images, _), (u_images, _)) in enumerate(zip(plain, flipped, as_uint8)):
+    for t, ((images, labels), (f_images, _)) in enumerate(zip(plain, flipped)):
         samples = plain.sampler.batch(t % steps, epoch=t // steps)
         decoded = np.stack([decode_rgb(jpegs[i]) for i in samples])
         assert torch.equal(images, to_float_chw(decoded))
-        assert torch.equal(u_images, torch.from_numpy(decoded.transpose(0, 3, 1, 2).copy()))
         assert labels.tolist() == plain.index.label[samples].tolist()
         for j in range(len(samples)):
             mirrored = torch.equal(f_images[j], images[j].flip(-1))
@@ -188,7 +187,7 @@ def test_errors_name_the_value(tiny: Path, kw: dict, k: int, world_size: int, ma
 
 def test_build_loader_picks_the_sampler(tiny: Path) -> None:
     config = _config(tiny)
-    assert isinstance(build_loader(config, sampler="stream", images_per_identity=K, rank=0, world_size=1), TrainLoader)
+    assert isinstance(build_loader(config, sampler="stream", images_per_identity=K, rank=0, world_size=1), StreamLoader)
     assert isinstance(build_loader(config, sampler="identity", images_per_identity=K, rank=0, world_size=1),
                       IdentityBatchLoader)
     with pytest.raises(ValueError, match=r"must be one of \['stream', 'identity'\], got 'pk'"):

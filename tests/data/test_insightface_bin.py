@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from partial_fc.data import cli
-from partial_fc.data.insightface_bin import read_insightface_bin
-from partial_fc.data.pairs import load_pairs
-from partial_fc.data.safe_unpickle import UnsafePickleError
+from partial_fc.data.formats.insightface_bin import read_insightface_bin
+from partial_fc.data.formats.pair_files import load_pairs
+from partial_fc.data.formats.safe_unpickle import UnsafePickleError
 from tests.data.helpers import image, jpeg
 
 

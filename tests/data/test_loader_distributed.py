@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from partial_fc.data.loader import build_train_loader
-from partial_fc.data.loader_config import TrainLoaderConfig
-from partial_fc.data.shard_source import stream_shards
+from partial_fc.data.loaders.stream import build_stream_loader
+from partial_fc.data.loaders.config import TrainLoaderConfig
+from partial_fc.data.loaders.shard_source import stream_shards
 from tests.data.helpers import write_shards
 from tests.distributed import run_ranks
 
@@ -32,7 +32,7 @@ def _labels(loader) -> list[int]:  # type: ignore[no-untyped-def]
 
 
 def _rank_main(rank: int, world_size: int, shards: list[str]) -> dict:
-    loader = build_train_loader(_config(shards), rank=rank, world_size=world_size)
+    loader = build_stream_loader(_config(shards), rank=rank, world_size=world_size)
     batches, labels = 0, []
     for images, y in loader:
         assert images.shape == (4, 3, 32, 32)
@@ -57,7 +57,7 @@ def test_two_ranks_two_workers_equal_batches(tmp_path: Path) -> None:
     # Deterministic: rank 0 rebuilt here, in another process, sees exactly the same stream.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        again = build_train_loader(_config(shards), rank=0, world_size=2)
+        again = build_stream_loader(_config(shards), rank=0, world_size=2)
     assert _labels(again) == results[0]["labels"]
     assert again.epoch == 1  # a full pass advances the epoch ...
     assert _labels(again) != results[0]["labels"]  # ... and a new epoch reads a new order
@@ -68,7 +68,7 @@ def test_two_ranks_two_workers_equal_batches(tmp_path: Path) -> None:
 def test_fewer_shards_than_streams_still_equal(tmp_path: Path) -> None:
     shards = write_shards(tmp_path, [5])
     with pytest.warns(UserWarning, match="1 shards for 4 reading streams"):
-        loaders = [build_train_loader(_config(shards), rank=r, world_size=2) for r in range(2)]
+        loaders = [build_stream_loader(_config(shards), rank=r, world_size=2) for r in range(2)]
     assert [sum(1 for _ in loader) for loader in loaders] == [STEPS, STEPS]
 
 
@@ -91,7 +91,7 @@ def test_stream_split_covers_each_pass_once() -> None:
 def test_loader_arguments_are_checked(tmp_path: Path) -> None:
     shards = write_shards(tmp_path, [2])
     with pytest.raises(ValueError, match=r"rank must be in \[0, 2\), got 2"):
-        build_train_loader(_config(shards), rank=2, world_size=2)
+        build_stream_loader(_config(shards), rank=2, world_size=2)
     with pytest.raises(ValueError, match="data.batch_size must be >= 1, got 0"):
         TrainLoaderConfig(shards=tuple(shards), batch_size=0, steps_per_epoch=1)
     with pytest.raises(ValueError, match="steps_per_epoch is None and so is data.num_samples"):
@@ -107,7 +107,7 @@ def test_shuffle_seeded_by_seed_rank_and_epoch(tmp_path: Path) -> None:
     def order(cfg: TrainLoaderConfig, epoch: int, rank: int = 0, world_size: int = 1) -> list[int]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return _labels(build_train_loader(cfg, rank=rank, world_size=world_size, epoch=epoch))
+            return _labels(build_stream_loader(cfg, rank=rank, world_size=world_size, epoch=epoch))
 
     first = order(config, 0)
     assert first != list(range(12))  # shuffled (the endless stream may repeat a sample early)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from partial_fc.data.convert import ConvertConfig
-from partial_fc.data.convert_rec import convert_rec
-from partial_fc.data.insightface_rec import index_rec
-from partial_fc.data.manifest import load_manifest
-from partial_fc.data.recordio import RecordIOReader, read_idx, unpack
+from partial_fc.data.convert.common import ConvertConfig
+from partial_fc.data.convert.rec import convert_rec
+from partial_fc.data.formats.insightface_rec import index_rec
+from partial_fc.data.formats.manifest import load_manifest
+from partial_fc.data.formats.recordio import RecordIOReader, read_idx, unpack
 from tests.data.helpers import jpeg
 
 MAGIC = struct.pack("<I", 0xCED7230A)

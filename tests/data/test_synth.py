@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from partial_fc.data import cli
-from partial_fc.data.manifest import load_manifest
-from partial_fc.data.pairs import load_pairs
+from partial_fc.data.formats.manifest import load_manifest
+from partial_fc.data.formats.pair_files import load_pairs
 from partial_fc.data.synth.config import SynthConfig
 from partial_fc.data.synth.generate import generate, heldout_pairs, noise_bank
 from partial_fc.data.synth.params import identity_uniforms, image_uniforms

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from partial_fc.data.shard_writer import ShardWriter
-from partial_fc.data.tar_index import INDEX_NAME, SKIP_REASONS, build_index, load_or_build_index
+from partial_fc.data.formats.shards import ShardWriter
+from partial_fc.data.formats.tar_index import INDEX_NAME, SKIP_REASONS, build_index, load_or_build_index
 from tests.data.helpers import jpeg, png, write_shards
 from tests.tiny_run import make_tiny_data
 

@@ -16,8 +16,8 @@ from partial_fc.cli import main as cli_main
 from partial_fc.config import from_dict
 from partial_fc.config.train import TrainConfig
 from partial_fc.data.pair_loader import iter_pair_batches
-from partial_fc.data.pairs import load_pairs
-from partial_fc.data.worker_stream import to_float_chw
+from partial_fc.data.formats.pair_files import load_pairs
+from partial_fc.data.loaders.worker_stream import to_float_chw
 from partial_fc.embed.sources import open_source
 from partial_fc.eval import summarize_roc, verify_interleaved
 from partial_fc.eval.align import ARCFACE_TEMPLATE_112

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from partial_fc.data.identity_sampler import IdentityBalancedSampler
+from partial_fc.data.loaders.identity_sampler import IdentityBalancedSampler
 
 # 40 identities; identity c has 1 + c % 6 images, in shuffled sample order
 _COUNTS = [1 + c % 6 for c in range(40)]

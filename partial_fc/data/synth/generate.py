@@ -21,12 +21,12 @@ import numpy as np
 import simplejpeg
 
 from partial_fc.data.baseline import kfold_accuracy, pixel_pair_scores
-from partial_fc.data.manifest import ShardManifest, write_manifest
-from partial_fc.data.pairs import PAIRS_SUFFIX, PairSet, save_pairs
+from partial_fc.data.formats.manifest import ShardManifest, write_manifest
+from partial_fc.data.formats.pairs import PAIRS_SUFFIX, PairSet, save_pairs
 from partial_fc.data.pools import pool_context
-from partial_fc.data.progress import Progress
+from partial_fc.util.progress import Progress
 from partial_fc.data.seeding import STREAM_NOISE, STREAM_ORDER, STREAM_PAIRS, rng_for
-from partial_fc.data.shard_writer import ShardWriter
+from partial_fc.data.formats.shards import ShardWriter
 from partial_fc.data.synth.config import SynthConfig
 from partial_fc.data.synth.params import identity_uniforms, image_uniforms
 from partial_fc.data.synth.render import CHANNELS, render_faces

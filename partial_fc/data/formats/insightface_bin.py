@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from partial_fc.data.images import as_jpeg, is_jpeg
-from partial_fc.data.pairs import PairSet
-from partial_fc.data.safe_unpickle import restricted_load
+from partial_fc.data.formats.images import as_jpeg, is_jpeg
+from partial_fc.data.formats.pairs import PairSet
+from partial_fc.data.formats.safe_unpickle import restricted_load
 
 
 def _element(item: object, k: int, path: Path) -> bytes | np.ndarray:
@@ -47,7 +47,7 @@ def read_insightface_bin(path: str | Path) -> PairSet:
         # Non-JPEG encodings (PNG) are re-encoded so the pair file holds only JPEG.
         images: list[bytes] | np.ndarray = [e if is_jpeg(e) else as_jpeg(e) for e in elements]  # type: ignore[arg-type]
     else:
-        from partial_fc.data.images import decode_rgb
+        from partial_fc.data.formats.images import decode_rgb
 
         arrays = [e if isinstance(e, np.ndarray) else decode_rgb(e) for e in elements]
         shapes = {a.shape for a in arrays}

@@ -1,7 +1,7 @@
 """The training loader: endless resampled shards, split by rank and worker, equal length.
 
     config = TrainLoaderConfig.from_manifest("data/synth", batch_size=128, num_workers=4)
-    loader = build_train_loader(config, rank=rank, world_size=world_size)
+    loader = build_stream_loader(config, rank=rank, world_size=world_size)
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         for images, labels in loader:      # (B, 3, S, S) float32 in [-1, 1], (B,) int64
@@ -23,9 +23,9 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from partial_fc.data.loader_config import TrainLoaderConfig
-from partial_fc.data.loader_stats import LoaderStats
-from partial_fc.data.worker_stream import ShardStream
+from partial_fc.data.loaders.config import TrainLoaderConfig
+from partial_fc.data.loaders.stats import LoaderStats
+from partial_fc.data.loaders.worker_stream import ShardStream
 
 
 def _worker_init(worker_id: int) -> None:
@@ -95,7 +95,7 @@ class EpochLoader:
         self.epoch += 1
 
 
-class TrainLoader(EpochLoader):
+class StreamLoader(EpochLoader):
     def __init__(self, config: TrainLoaderConfig, *, rank: int, world_size: int, epoch: int = 0) -> None:
         super().__init__(config, rank=rank, world_size=world_size, epoch=epoch)
         streams = world_size * max(config.num_workers, 1)
@@ -114,6 +114,6 @@ class TrainLoader(EpochLoader):
         yield from self._read(dataset, drop=start)
 
 
-def build_train_loader(config: TrainLoaderConfig, *, rank: int, world_size: int, epoch: int = 0) -> TrainLoader:
+def build_stream_loader(config: TrainLoaderConfig, *, rank: int, world_size: int, epoch: int = 0) -> StreamLoader:
     """The training loader of one rank; see the module docstring."""
-    return TrainLoader(config, rank=rank, world_size=world_size, epoch=epoch)
+    return StreamLoader(config, rank=rank, world_size=world_size, epoch=epoch)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from partial_fc.data.convert import ConvertConfig, LoadError, write_shuffled
-from partial_fc.data.manifest import ShardManifest
+from partial_fc.data.convert.common import ConvertConfig, LoadError, write_shuffled
+from partial_fc.data.formats.manifest import ShardManifest
 
 
 def image_extensions() -> frozenset[str]:

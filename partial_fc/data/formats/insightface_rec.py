@@ -18,8 +18,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from partial_fc.data.progress import Progress
-from partial_fc.data.recordio import CorruptRecordError, RecordIOReader, read_idx, unpack
+from partial_fc.util.progress import Progress
+from partial_fc.data.formats.recordio import CorruptRecordError, RecordIOReader, read_idx, unpack
 
 _HEAD_BYTES = 24 + 4 * 8  # IRHeader plus up to 8 float labels; longer ones are read again
 

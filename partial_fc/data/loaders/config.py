@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from partial_fc.data.manifest import load_manifest
+from partial_fc.data.formats.manifest import load_manifest
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,6 @@ class TrainLoaderConfig:
     flip: bool = True
     pin_memory: bool | None = None  # None: pin when CUDA is available
     prefetch_factor: int = 2
-    # False: batches stay uint8 (B, 3, S, S) and the trainer normalises them on the device with
-    # worker_stream.normalize_images: a quarter of the bytes moved worker->trainer and host->GPU
-    # (on the shared 2-core CI machine the effect on total images/s was within run-to-run noise).
-    normalize_in_worker: bool = True
     # DataLoader worker start method; None keeps the process default (fork on Linux under
     # torchrun). Ranks started with spawn inherit spawn, which re-imports torch in every worker
     # every epoch: "fork" avoids that (workers never touch CUDA).

@@ -3,7 +3,6 @@ normalised batches.
 
 Each worker yields a fixed number of whole batches, built in the worker, as
 ``(images (B, 3, S, S) float32 in [-1, 1], labels (B,) int64, counts (len(COUNTS),) int64)``
-(images uint8 when config.normalize_in_worker is False),
 where ``counts`` are the samples skipped (see loader_stats.COUNTS) since its previous batch.
 A sample that does not decode is skipped and counted, never raised: one bad JPEG in a billion
 must not end a run.
@@ -22,11 +21,11 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from partial_fc.data.images import CorruptImageError, decode_rgb
-from partial_fc.data.loader_config import TrainLoaderConfig
-from partial_fc.data.loader_stats import COUNTS
+from partial_fc.data.formats.images import CorruptImageError, decode_rgb
+from partial_fc.data.loaders.config import TrainLoaderConfig
+from partial_fc.data.loaders.stats import COUNTS
 from partial_fc.data.seeding import STREAM_WORKER, derive_seed
-from partial_fc.data.shard_source import stream_shards
+from partial_fc.data.loaders.shard_source import stream_shards
 
 
 @dataclass
@@ -61,16 +60,6 @@ def to_float_chw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def to_uint8_chw(images: np.ndarray) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) uint8, a new contiguous tensor."""
-    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-
-
-def normalize_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float32 in [-1, 1] on the same device (same map as the workers)."""
-    return images.float().mul_(1.0 / 127.5).sub_(1.0)
-
-
 class _Watchdog:
     """Fails loudly instead of spinning forever when no shard yields any sample (all missing,
     empty or unreadable): an endless stream over nothing would hang every rank."""
@@ -102,12 +91,10 @@ def decode_batches(
     rng: np.random.Generator,
     counts: _Counts,
     num_classes: int | None,
-    normalize: bool = True,
     max_corrupt_in_a_row: int = 1000,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Whole batches (images, labels, skip counts since the previous batch) from samples with
     ``jpg`` and ``cls`` members; the flip is drawn from ``rng`` once per kept sample."""
-    finish = to_float_chw if normalize else to_uint8_chw
     buffer = np.empty((batch_size, image_size, image_size, 3), dtype=np.uint8)
     labels = np.empty(batch_size, dtype=np.int64)
     n = failures_in_a_row = 0
@@ -144,7 +131,7 @@ def decode_batches(
         labels[n] = label
         n += 1
         if n == batch_size:
-            yield finish(buffer), torch.from_numpy(labels.copy()), counts.take()
+            yield to_float_chw(buffer), torch.from_numpy(labels.copy()), counts.take()
             n = 0
 
 
@@ -190,7 +177,6 @@ class ShardStream(torch.utils.data.IterableDataset):
             rng=np.random.default_rng(flip_seed),
             counts=counts,
             num_classes=cfg.num_classes,
-            normalize=cfg.normalize_in_worker,
             max_corrupt_in_a_row=cfg.max_corrupt_in_a_row,
         )
         yield from islice(batches, batches_for_worker(self.steps, worker, num_workers))

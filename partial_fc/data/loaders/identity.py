@@ -1,5 +1,5 @@
 """Identity-balanced training batches (P identities x K images per rank per step), read at
-random from the tar shards through a tar index; the same interface as TrainLoader.
+random from the tar shards through a tar index; the same interface as StreamLoader.
 
     loader = build_loader(config, sampler="identity", images_per_identity=4, rank=rank, world_size=world_size)
     for epoch in range(epochs):
@@ -35,18 +35,17 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from partial_fc.data.identity_sampler import IdentityBalancedSampler
-from partial_fc.data.images import CorruptImageError, decode_rgb
-from partial_fc.data.loader import EpochLoader, TrainLoader
-from partial_fc.data.loader_config import TrainLoaderConfig
-from partial_fc.data.loader_stats import COUNTS
+from partial_fc.data.loaders.identity_sampler import IdentityBalancedSampler
+from partial_fc.data.formats.images import CorruptImageError, decode_rgb
+from partial_fc.data.loaders.stream import EpochLoader
+from partial_fc.data.loaders.config import TrainLoaderConfig
+from partial_fc.data.loaders.stats import COUNTS
 from partial_fc.data.seeding import rng_for
-from partial_fc.data.tar_index import SampleIndex, build_index, load_or_build_index
-from partial_fc.data.worker_stream import to_float_chw, to_uint8_chw
+from partial_fc.data.formats.tar_index import SampleIndex, build_index, load_or_build_index
+from partial_fc.data.loaders.worker_stream import to_float_chw
 
 _FLIP_TAG, _REPLACE_TAG = 0x1D2, 0x1D3  # beside the sampler's 0x1D0 / 0x1D1
 _MAX_OPEN_SHARDS = 128  # per process; far below the usual 1024 descriptors
-SAMPLERS = ("stream", "identity")
 
 
 class _ShardFiles:
@@ -108,8 +107,7 @@ class _IdentityBatches(Dataset):
             for j in range(k):
                 image = self._image_or_replacement(samples[first + j], identity, sampler_pass, j, counts)
                 images[first + j] = image[:, ::-1] if flips[j] else image
-        finish = to_float_chw if cfg.normalize_in_worker else to_uint8_chw
-        return finish(images), torch.from_numpy(labels), torch.tensor([counts[n] for n in COUNTS], dtype=torch.int64)
+        return to_float_chw(images), torch.from_numpy(labels), torch.tensor([counts[n] for n in COUNTS], dtype=torch.int64)
 
     def _image_or_replacement(self, i: int, identity: int, sampler_pass: int, slot: int,
                               counts: dict[str, int]) -> np.ndarray:
@@ -209,15 +207,3 @@ class IdentityBatchLoader(EpochLoader):
     def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # random access: the skipped batches are never read
         yield from self._read(_IdentityBatches(self, epoch=self.epoch), sampler=range(start, self.steps))
-
-
-def build_loader(config: TrainLoaderConfig, *, sampler: str, images_per_identity: int, rank: int, world_size: int,
-                 epoch: int = 0, small_identities: str = "replace") -> TrainLoader | IdentityBatchLoader:
-    """``sampler="stream"``: TrainLoader (images_per_identity and small_identities unused);
-    ``"identity"``: IdentityBatchLoader. Both have len, set_epoch, iteration, iterate(start), stats."""
-    if sampler == "stream":
-        return TrainLoader(config, rank=rank, world_size=world_size, epoch=epoch)
-    if sampler == "identity":
-        return IdentityBatchLoader(config, images_per_identity=images_per_identity, rank=rank, world_size=world_size,
-                                   epoch=epoch, small_identities=small_identities)
-    raise ValueError(f"data sampler must be one of {list(SAMPLERS)}, got {sampler!r}")

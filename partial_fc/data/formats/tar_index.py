@@ -31,7 +31,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from partial_fc.data.atomic import write_atomic
+from partial_fc.util.atomic import write_atomic
 
 INDEX_NAME = "tar_index.npz"
 INDEX_FORMAT = "partial-fc-tar-index"

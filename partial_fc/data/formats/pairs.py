@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from partial_fc.data.atomic import write_atomic
-from partial_fc.data.images import decode_rgb
+from partial_fc.util.atomic import write_atomic
+from partial_fc.data.formats.images import decode_rgb
 
 PAIRS_FORMAT = "partial-fc-pairs"
 PAIRS_VERSION = 1
@@ -83,7 +83,8 @@ def save_pairs(path: str | Path, pairs: PairSet) -> Path:
     return path
 
 
-def _read_npz(path: Path) -> PairSet:
+def read_pairs_npz(path: str | Path) -> PairSet:
+    path = Path(path)
     with np.load(path, allow_pickle=False) as z:
         fmt = str(z["format"]) if "format" in z else None
         if fmt != PAIRS_FORMAT:
@@ -105,16 +106,3 @@ def _read_npz(path: Path) -> PairSet:
         else:
             raise ValueError(f"{path}: encoding {encoding!r} unknown, expected 'jpeg' or 'raw'")
         return PairSet(name=str(z["name"]), images=images, issame=issame, meta=json.loads(str(z["meta"])))
-
-
-def load_pairs(path: str | Path) -> PairSet:
-    """Read verification pairs: the project's ``.pairs.npz``, or an InsightFace ``.bin``
-    (through the restricted unpickler, see insightface_bin.py)."""
-    path = Path(path)
-    if path.suffix == ".bin":
-        from partial_fc.data.insightface_bin import read_insightface_bin
-
-        return read_insightface_bin(path)
-    if path.suffix == ".npz":
-        return _read_npz(path)
-    raise ValueError(f"{path}: unknown pair file type {path.suffix!r}; expected .pairs.npz or an InsightFace .bin")

@@ -12,10 +12,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from partial_fc.data.convert import ConvertConfig, LoadError, write_shuffled
-from partial_fc.data.insightface_rec import index_rec
-from partial_fc.data.manifest import ShardManifest
-from partial_fc.data.recordio import CorruptRecordError, RecordIOReader, unpack
+from partial_fc.data.convert.common import ConvertConfig, LoadError, write_shuffled
+from partial_fc.data.formats.insightface_rec import index_rec
+from partial_fc.data.formats.manifest import ShardManifest
+from partial_fc.data.formats.recordio import CorruptRecordError, RecordIOReader, unpack
 
 
 def rec_paths(prefix: str | Path) -> tuple[Path, Path | None]:

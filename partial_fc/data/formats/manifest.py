@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from partial_fc.data.atomic import write_atomic
-from partial_fc.data.shard_writer import ShardInfo
+from partial_fc.util.atomic import write_atomic
+from partial_fc.data.formats.shards import ShardInfo
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "partial-fc-shards"

@@ -14,12 +14,12 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from partial_fc.data.images import CorruptImageError, as_jpeg, decode_rgb
-from partial_fc.data.manifest import ShardManifest, write_manifest
+from partial_fc.data.formats.images import CorruptImageError, as_jpeg, decode_rgb
+from partial_fc.data.formats.manifest import ShardManifest, write_manifest
 from partial_fc.data.pools import pool_context
-from partial_fc.data.progress import Progress
+from partial_fc.util.progress import Progress
 from partial_fc.data.seeding import STREAM_CONVERT, rng_for
-from partial_fc.data.shard_writer import ShardWriter
+from partial_fc.data.formats.shards import ShardWriter
 
 _BLOCK = 1024
 

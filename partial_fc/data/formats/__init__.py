@@ -1,0 +1,1 @@
+"""On-disk formats, read and written byte-exactly: shards, manifest, tar index, RecordIO, pair files, images."""

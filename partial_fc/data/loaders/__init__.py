@@ -1,0 +1,1 @@
+"""Training loaders: streamed shards (stream.py) and identity-balanced batches (identity.py); build.py picks one."""
