@@ -7,11 +7,10 @@ Unknown keys, wrong types and invalid values raise ConfigError (a ValueError) na
 key; unknown keys also list the valid ones and the closest match.
 """
 
-from partial_fc.config.coerce import coerce, type_name
-from partial_fc.config.dicts import coerce_fields, field_types, from_dict, to_dict
 from partial_fc.config.errors import ConfigError
 from partial_fc.config.model import ModelConfig
 from partial_fc.config.overrides import apply_overrides, parse_override
+from partial_fc.config.typed import coerce, coerce_fields, field_types, from_dict, to_dict, type_name
 from partial_fc.config.yaml_io import dump_yaml, load_yaml, to_yaml
 
 __all__ = [

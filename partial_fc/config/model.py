@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from partial_fc import models
-from partial_fc.config.dicts import coerce_fields
+from partial_fc.config.typed import coerce_fields
 from partial_fc.config.errors import ConfigError, did_you_mean
 from partial_fc.models.norms import NormKind
 

@@ -15,8 +15,7 @@ from typing import Any
 
 import yaml
 
-from partial_fc.config.coerce import type_name
-from partial_fc.config.dicts import field_types
+from partial_fc.config.typed import field_types, type_name
 from partial_fc.config.errors import ConfigError, unknown_key
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from partial_fc import margins
-from partial_fc.config.dicts import coerce_fields
+from partial_fc.config.typed import coerce_fields
 from partial_fc.config.errors import ConfigError, did_you_mean
 from partial_fc.config.model import ModelConfig
 
@@ -71,7 +71,6 @@ class HeadConfig:
 
 PAIR_LOSSES = ("triplet", "contrastive")
 AGENT_LOSSES = ("c_contrastive", "c_triplet")
-LOSSES = ("partial_fc", *AGENT_LOSSES, *PAIR_LOSSES)
 
 
 @dataclass(frozen=True)
@@ -103,10 +102,6 @@ class LossConfig:
               f"{self.mining!r} and semihard_fallback {self.semihard_fallback!r}")
         _need(self.name == "c_triplet" or self.negatives == "all", "negatives",
               f"applies to loss.name c_triplet only, got name {self.name!r} with negatives {self.negatives!r}")
-
-    @property
-    def has_class_weights(self) -> bool:
-        return self.name not in PAIR_LOSSES
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from partial_fc.config.dicts import from_dict, to_dict
+from partial_fc.config.typed import from_dict, to_dict
 from partial_fc.config.overrides import apply_overrides
 from partial_fc.util.atomic import write_text_atomic
 
