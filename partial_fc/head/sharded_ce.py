@@ -8,8 +8,17 @@ computed from cos theta_y by the margin's differentiable ``target_logit``.
 
 Collectives (forward): one all-reduce MAX of B floats, one all-reduce SUM of 2B floats
 (sum of exponentials and target logit, fused); a margin with ``needs_target_cos`` adds one
-all-reduce SUM of B floats before the tiles. Backward: none (the embedding gradient is
-reduced by the all-gather that produced x).
+all-reduce SUM of B floats before the tiles; a learned scale (``Margin.learned_scale``) makes
+the fused SUM 3B floats. Backward: none (the embedding gradient is reduced by the all-gather
+that produced x).
+
+Learned scale s: every logit is s times a function of the cosines, so dz/ds = z/s and
+dL/ds = 1/(B s) sum_i (E_{p_i}[z_i] - z_{i,y_i}), where E_{p_i}[z_i] = sum_j p_ij z_ij runs over
+the classes of every rank. Each rank adds a third row, sum_j exp(z_ij - max) z_ij over its
+classes, to the fused all-reduce SUM, so the gradient needs no collective of its own (it cannot
+be one scalar: each row's sum is divided by that row's global normaliser, known only after the
+reduction). dL/ds is then computed from all-reduced values only and is bit-identical on every
+rank; the parameter stays replicated without reducing its gradient again.
 
 Margin hooks (see ``Margin``): with ``subcenters`` K > 1 the rows are K per class and each
 tile takes the max over a class's rows (tiles hold chunk_size // K classes); ``prepare`` runs
@@ -83,7 +92,8 @@ class _Tile:
 
 class ShardedMarginCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, x_scaled, weight, rows, target_pos, margin, step, comm, chunk_size, workspace, training):
+    def forward(ctx, x, x_scaled, weight, rows, target_pos, margin, step, comm, chunk_size, workspace, training,
+                scale=None):
         batch = x.shape[0]
         k = margin.subcenters
         chunk_size = max(1, chunk_size // k)  # classes per tile: at most chunk_size rows
@@ -98,25 +108,38 @@ class ShardedMarginCE(torch.autograd.Function):
         run_max = x.new_full((batch,), float("-inf"))
         run_sum = x.new_zeros(batch)
         keep_last = any(ctx.needs_input_grad[:3])
+        learn_scale = scale is not None and ctx.needs_input_grad[11]
+        run_zsum = x.new_zeros(batch) if learn_scale else None  # sum_j exp(z_ij - run_max) z_ij
         last = None
         for start in range(0, num_sampled, chunk_size):
             tile = _compute_tile(x_scaled, weight, rows, start, min(num_sampled, start + chunk_size),
                                  margin, owned, pos, target, state, workspace)
             new_max = torch.maximum(run_max, tile.logits.amax(0))
-            exps = tile.logits.sub_(new_max).exp_()   # in place: the tile now holds exp(z - max)
-            run_sum = run_sum * torch.exp(run_max - new_max) + exps.sum(0)
+            shifted = tile.logits.sub_(new_max)
+            # sum_j e^u u with u = z - max, taken before the tile turns into exponentials
+            tile_zsum = _exp_weighted_sum(shifted, workspace) if learn_scale else None
+            exps = shifted.exp_()   # in place: the tile now holds exp(z - max)
+            tile_sum = exps.sum(0)
+            if learn_scale:  # sum_j e^u z = sum_j e^u u + max sum_j e^u
+                run_zsum = run_zsum * torch.exp(run_max - new_max) + tile_zsum + new_max * tile_sum
+            run_sum = run_sum * torch.exp(run_max - new_max) + tile_sum
             run_max = new_max
             if keep_last and tile.stop == num_sampled:
                 last = tile
             del tile, exps  # drop the tile before the next one exists: one tile alive at a time
 
         global_max = comm.all_reduce_(run_max.clone(), "max")
-        stats = torch.zeros(2, batch, dtype=x.dtype, device=x.device)
+        stats = torch.zeros(3 if learn_scale else 2, batch, dtype=x.dtype, device=x.device)
         stats[0] = run_sum * torch.exp(run_max - global_max)
         stats[1, owned] = target
+        if learn_scale:
+            stats[2] = run_zsum * torch.exp(run_max - global_max)
         comm.all_reduce_(stats, "sum")
         lse = global_max + torch.log(stats[0])
         loss = (lse - stats[1]).mean()
+        # dL/ds per unit upstream gradient, from all-reduced rows only: the same bits on every rank
+        ctx.has_scale = scale is not None
+        ctx.dloss_dscale = ((stats[2] / stats[0] - stats[1]).sum() / (batch * scale)) if learn_scale else None
 
         ctx.save_for_backward(x, x_scaled, weight)
         ctx.rows, ctx.owned, ctx.pos, ctx.lse = rows, owned, pos, lse
@@ -188,7 +211,10 @@ class ShardedMarginCE(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             indices = _row_ids(rows, k) if rows is not None else torch.arange(weight.shape[0], device=weight.device)
             grad_weight = torch.sparse_coo_tensor(indices[None], grad_rows, weight.shape, is_coalesced=True, check_invariants=False)
-        return grad_x, grad_x_scaled, grad_weight, None, None, None, None, None, None, None, None
+        grads = (grad_x, grad_x_scaled, grad_weight, None, None, None, None, None, None, None, None)
+        if not ctx.has_scale:
+            return grads
+        return grads + (None if ctx.dloss_dscale is None else grad_loss * ctx.dloss_dscale,)
 
 
 def _row_ids(classes: torch.Tensor, k: int) -> torch.Tensor:
@@ -212,6 +238,16 @@ def _to_subcenter_rows(probs: torch.Tensor, best: torch.Tensor, k: int, workspac
     out = workspace.get("tile_rows_grad", (c, k, batch), dtype=probs.dtype, device=probs.device).zero_()
     out.scatter_(1, best[:, None, :], probs[:, None, :])
     return out.view(c * k, batch)
+
+
+def _exp_weighted_sum(u: torch.Tensor, workspace: Workspace, block: int = 1024) -> torch.Tensor:
+    """(c, B) -> (B,) column sums of exp(u) * u, through one reused (block, B) scratch."""
+    out = u.new_zeros(u.shape[1])
+    for lo in range(0, u.shape[0], block):
+        hi = min(u.shape[0], lo + block)
+        scratch = torch.exp(u[lo:hi], out=workspace.get("exp_weighted", (hi - lo, u.shape[1]), dtype=u.dtype, device=u.device))
+        out.add_(scratch.mul_(u[lo:hi]).sum(0))
+    return out
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor, workspace: Workspace, block: int = 4096) -> torch.Tensor:
@@ -261,6 +297,10 @@ def sharded_margin_ce(
     class indices, or None for all classes; target_pos: (B,) position of each label in the
     sampled classes, -1 where another rank owns the label. workspace: buffers reused across
     calls (see ``Workspace``). training: lets ``margin.prepare`` update its running statistics.
-    Returns the same scalar on every rank.
+    A margin with a learned scale (``margin.learned_scale()``) receives its exact gradient here,
+    the same on every rank. Returns the same scalar on every rank.
     """
-    return ShardedMarginCE.apply(x, x_scaled, weight, rows, target_pos, margin, step, comm, chunk_size, workspace, training)
+    scale = margin.learned_scale()
+    extra = () if scale is None else (scale,)
+    return ShardedMarginCE.apply(x, x_scaled, weight, rows, target_pos, margin, step, comm, chunk_size, workspace, training,
+                                 *extra)

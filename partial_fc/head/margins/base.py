@@ -74,6 +74,13 @@ class Margin(nn.Module):
         """x' from the raw embeddings x (B, D); differentiable, never in place."""
         return x
 
+    def learned_scale(self) -> torch.Tensor | None:
+        """The logit scale s as a differentiable 0-dim tensor when it is a parameter, else None
+        (the default). Every logit, target and negative, must then be s times a function of the
+        cosines alone, and the other hooks must use s as a constant (detached): the head computes
+        dL/ds itself from row statistics (``sharded_ce``), exact across ranks."""
+        return None
+
     def target_logit(
         self, cos: torch.Tensor, *, x_norm: torch.Tensor, w_norm: torch.Tensor, step: int
     ) -> torch.Tensor:
