@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 
 def join_key(prefix: str, key: str) -> str:
@@ -47,3 +48,15 @@ def unknown_key(key: str, section: str, valid: Iterable[str]) -> ConfigError:
     return ConfigError(
         join_key(section, key), f"is not a valid key{hint}; valid keys at {where}: {valid}"
     )
+
+
+def check_as(key: str, check: Callable[..., None], *args: Any, name: str | None = None) -> None:
+    """Run ``check`` (a validator that lives beside the code using the value and raises
+    ValueError "NAME ...") and raise its error as a ConfigError for the field ``key``, so the
+    config reports the dotted key while the rule is written once. The check's own word for the
+    value (its message's first word: ``name``, by default the key's last part) gives way to the key."""
+    try:
+        check(*args)
+    except ValueError as err:
+        message, word = str(err), (name or key.rsplit(".", 1)[-1]) + " "
+        raise ConfigError(key, message.removeprefix(word) if message.startswith(word) else f"is invalid: {message}") from None

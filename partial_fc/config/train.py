@@ -9,18 +9,31 @@ batch (``per-512-samples``); set ``optim.lr_reference_batch: null`` for an absol
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from partial_fc import margins
 from partial_fc.config.typed import coerce_fields
-from partial_fc.config.errors import ConfigError, did_you_mean
+from partial_fc.config.errors import ConfigError, check_as, did_you_mean
 from partial_fc.config.model import ModelConfig
+from partial_fc.data.loaders.config import check_image_size, check_num_workers
+from partial_fc.engine.stages import check_zero_stage
+from partial_fc.head.checks import check_sample_rate
 
 
 def _need(ok: bool, key: str, detail: str) -> None:
     if not ok:
         raise ConfigError(key, detail)
+
+
+def _finite(section: object) -> None:
+    """No float of a section is inf or nan: none means anything here, and an infinite lr or
+    epoch count would only fail later, as non-finite embeddings or an endless schedule."""
+    for key, value in vars(section).items():
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            _need(not isinstance(v, float) or math.isfinite(v), key, f"must be a finite number, got {value}")
 
 
 @dataclass(frozen=True)
@@ -40,9 +53,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
+        _finite(self)
         _need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _need(self.images_per_identity >= 1, "images_per_identity", f"must be >= 1, got {self.images_per_identity}")
-        _need(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        check_as("num_workers", check_num_workers, self.num_workers)
         _need(self.shuffle_buffer >= 1, "shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
 
 
@@ -58,9 +72,10 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
+        _finite(self)
         choices = margins.names()
         _need(self.margin in choices, "margin", f"must be one of {choices}, got {self.margin!r}{did_you_mean(self.margin, choices)}")
-        _need(0.0 < self.sample_rate <= 1.0, "sample_rate", f"must be in (0, 1], got {self.sample_rate}")
+        check_as("sample_rate", check_sample_rate, self.sample_rate)
         _need(self.chunk_size >= 1, "chunk_size", f"must be >= 1, got {self.chunk_size}")
         _need(self.num_classes is None or self.num_classes >= 1, "num_classes", f"must be >= 1, got {self.num_classes}")
         try:
@@ -94,6 +109,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
+        _finite(self)
         _need(self.margin is None or self.margin > 0, "margin", f"must be > 0 or null, got {self.margin}")
         _need(self.name != "partial_fc" or self.margin is None, "margin",
               f"is {self.margin} but loss.name partial_fc takes its margin from head.margin_params; set loss.margin null")
@@ -119,6 +135,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
+        _finite(self)
         _need(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _need(self.lr_reference_batch is None or self.lr_reference_batch >= 1, "lr_reference_batch",
               f"must be >= 1 or null, got {self.lr_reference_batch}")
@@ -142,6 +159,7 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
+        _finite(self)
         _need(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
         _need(self.power > 0, "power", f"must be > 0, got {self.power}")
         _need(0 <= self.final_lr_ratio <= 1, "final_lr_ratio", f"must be in [0, 1], got {self.final_lr_ratio}")
@@ -162,10 +180,11 @@ class TrainSection:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
+        _finite(self)
         _need(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
         _need(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1 or null, got {self.max_steps}")
         _need(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")
-        _need(self.zero_stage in (1, 2), "zero_stage", f"must be 1 or 2, got {self.zero_stage}")
+        check_as("zero_stage", check_zero_stage, self.engine, self.zero_stage)
         for key in ("log_every", "checkpoint_every", "keep_last"):
             _need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
 
@@ -182,6 +201,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
+        _finite(self)
         _need(self.every >= 1, "every", f"must be >= 1, got {self.every}")
         _need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
 
@@ -213,6 +233,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
+        _finite(self)
+        # the loader reads images at the backbone's input size
+        check_as("model.input_size", check_image_size, self.model.input_size, name="image_size")
         sampler, k = self.sampler, self.data.images_per_identity
         if self.loss.name in PAIR_LOSSES:
             _need(sampler == "identity", "data.sampler",

@@ -49,3 +49,11 @@ def check_global(embeddings: torch.Tensor, labels: torch.Tensor, comm: Collectiv
         raise ValueError(f"label {max_label} is outside [0, {num_classes})")
     if bad:
         raise ValueError(f"embeddings contain {bad} non-finite values on at least one rank")
+
+
+def check_sample_rate(sample_rate: float) -> None:
+    """The one check of ``sample_rate`` (the head's, and the config's through ``config.errors.check_as``):
+    the fraction of negative classes kept per step, in (0, 1]."""
+    ok = isinstance(sample_rate, (int, float)) and not isinstance(sample_rate, bool) and 0.0 < sample_rate <= 1.0
+    if not ok:
+        raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")

@@ -18,10 +18,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from partial_fc.config import load_yaml
     from partial_fc.config.train import TrainConfig
     from partial_fc.train.trainer import train
 
+    if not Path(args.config).is_file():
+        what = "is a directory" if Path(args.config).is_dir() else "does not exist"
+        raise ValueError(f"--config {args.config} {what}; give a YAML file (see configs/, e.g. configs/demo.yaml)")
     cfg = load_yaml(args.config, TrainConfig, overrides=args.overrides)
     train(cfg, resume=None if args.resume == "none" else args.resume)
     return 0

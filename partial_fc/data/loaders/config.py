@@ -8,6 +8,23 @@ from typing import Any
 
 from partial_fc.data.formats.manifest import load_manifest
 
+IMAGE_SIZES = (16, 1024)  # pixels per side: below 16 no backbone here has a feature map left
+MAX_WORKERS = 64  # DataLoader processes per rank; far beyond what decoding one rank's batches needs
+
+
+def check_image_size(image_size: int) -> None:
+    """The one check of the loader's image side (the training config's model.input_size)."""
+    low, high = IMAGE_SIZES
+    if not (isinstance(image_size, int) and low <= image_size <= high):
+        raise ValueError(f"image_size must be in [{low}, {high}] pixels, got {image_size!r}")
+
+
+def check_num_workers(num_workers: int) -> None:
+    """The one check of the loader's worker count (the training config's data.num_workers)."""
+    if not (isinstance(num_workers, int) and 0 <= num_workers <= MAX_WORKERS):
+        raise ValueError(f"num_workers must be in [0, {MAX_WORKERS}] (DataLoader processes per rank; 0 reads in the "
+                         f"training process), got {num_workers!r}")
+
 
 @dataclass(frozen=True)
 class TrainLoaderConfig:
@@ -51,8 +68,11 @@ class TrainLoaderConfig:
             self.steps_per_epoch is not None or self.num_samples is not None,
             "data.steps_per_epoch is None and so is data.num_samples; set one (from_manifest sets num_samples)",
         )
-        need(16 <= self.image_size <= 1024, f"data.image_size must be in [16, 1024] pixels, got {self.image_size}")
-        need(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+        for check, value in ((check_image_size, self.image_size), (check_num_workers, self.num_workers)):
+            try:
+                check(value)
+            except ValueError as err:
+                raise ValueError(f"data.{err}") from None
         need(self.seed >= 0, f"data.seed must be a non-negative integer, got {self.seed}")
         need(self.shuffle_buffer >= 1, f"data.shuffle_buffer must be >= 1 (1 = no shuffling), got {self.shuffle_buffer}")
         need(self.prefetch_factor >= 1, f"data.prefetch_factor must be >= 1, got {self.prefetch_factor}")
