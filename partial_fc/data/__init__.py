@@ -32,7 +32,6 @@ _LAZY: dict[str, str] = {
     "PairSet": "partial_fc.data.formats.pairs",
     "load_pairs": "partial_fc.data.formats.pair_files",
     "save_pairs": "partial_fc.data.formats.pairs",
-    "iter_pair_batches": "partial_fc.data.pair_loader",
     "ShardManifest": "partial_fc.data.formats.manifest",
     "load_manifest": "partial_fc.data.formats.manifest",
 }

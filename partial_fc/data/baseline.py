@@ -1,8 +1,9 @@
 """The raw-pixel verification baseline: how well pairs verify with no model at all.
 
 Each image is flattened to RGB floats, centred and L2-normalised; a pair's score is the cosine
-of its two images. Accuracy is the LFW protocol: 10 folds, the threshold chosen on 9 and
-applied to the tenth, mean over folds.
+of its two images. Accuracy is the one k-fold protocol of every evaluation
+(``partial_fc.metrics.verification``: 10 contiguous folds, InsightFace's threshold grid), so this
+figure and a network's verification accuracy can be compared directly.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from partial_fc.data.formats.pairs import PairSet
+from partial_fc.metrics.verification import VerificationResult, verify_scores
 
 
 def pixel_pair_scores(pairs: PairSet, *, chunk: int = 256) -> np.ndarray:
@@ -27,26 +29,6 @@ def pixel_pair_scores(pairs: PairSet, *, chunk: int = 256) -> np.ndarray:
     return scores
 
 
-def kfold_accuracy(scores: np.ndarray, issame: np.ndarray, *, folds: int = 10) -> tuple[float, float]:
-    """(mean, std) accuracy over folds of thresholding ``scores`` (higher = same), each fold's
-    threshold the best on the other folds. Pairs are split into contiguous folds, as in LFW."""
-    n = len(scores)
-    if n < folds:
-        raise ValueError(f"need at least {folds} pairs for {folds}-fold accuracy, got {n}")
-    bounds = np.linspace(0, n, folds + 1).astype(int)
-    accs = []
-    for f in range(folds):
-        test = np.zeros(n, dtype=bool)
-        test[bounds[f] : bounds[f + 1]] = True
-        train_s, train_y = scores[~test], issame[~test]
-        # Best threshold on the training folds: cut i predicts "same" for the i-th smallest
-        # score and above; correct = negatives below the cut + positives at or above it.
-        order = np.argsort(train_s)
-        s, y = train_s[order], train_y[order]
-        neg_below = np.concatenate([[0], np.cumsum(~y)])
-        pos_below = np.concatenate([[0], np.cumsum(y)])
-        cut = int(np.argmax(neg_below + (pos_below[-1] - pos_below)))
-        edges = np.concatenate([[s[0] - 1.0], s, [s[-1] + 1.0]])
-        threshold = (edges[cut] + edges[cut + 1]) / 2
-        accs.append(float(np.mean((scores[test] > threshold) == issame[test])))
-    return float(np.mean(accs)), float(np.std(accs))
+def pixel_baseline(pairs: PairSet, *, n_folds: int = 10) -> VerificationResult:
+    """k-fold verification accuracy of the raw-pixel cosine of ``pairs``."""
+    return verify_scores(pixel_pair_scores(pairs), pairs.issame, n_folds=n_folds)

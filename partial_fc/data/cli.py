@@ -91,10 +91,11 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 def _run_convert(args: argparse.Namespace) -> int:
     if args.source_kind == "bin":
-        from partial_fc.data.formats.insightface_bin import read_insightface_bin
+        from partial_fc.data.formats.insightface_bin import check_decodes, read_insightface_bin
         from partial_fc.data.formats.pairs import PAIRS_SUFFIX, save_pairs
 
         pairs = read_insightface_bin(args.source)
+        check_decodes(pairs, args.source)  # a few thousand images: always worth it
         args.out.mkdir(parents=True, exist_ok=True)
         path = save_pairs(args.out / f"{pairs.name}{PAIRS_SUFFIX}", pairs)
         print(f"wrote {pairs.num_pairs} pairs ({int(pairs.issame.sum())} same) to {path}")
@@ -127,12 +128,13 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 
 def _run_baseline(args: argparse.Namespace) -> int:
-    from partial_fc.data.baseline import kfold_accuracy, pixel_pair_scores
+    from partial_fc.data.baseline import pixel_baseline
     from partial_fc.data.formats.pair_files import load_pairs
 
     pairs = load_pairs(args.pairs)
-    mean, std = kfold_accuracy(pixel_pair_scores(pairs), pairs.issame)
-    print(f"{pairs.name}: {pairs.num_pairs} pairs, raw-pixel verification accuracy {mean:.4f} +- {std:.4f} (10-fold)")
+    result = pixel_baseline(pairs)
+    print(f"{pairs.name}: {pairs.num_pairs} pairs, raw-pixel verification accuracy {result.accuracy_mean:.4f} "
+          f"+- {result.accuracy_std:.4f} ({result.n_folds}-fold)")
     return 0
 
 

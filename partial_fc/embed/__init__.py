@@ -1,10 +1,6 @@
-"""Embeddings of image folders and shard sets with a trained backbone (``partial-fc embed``).
+"""``partial-fc embed``: write the embeddings of an image folder or a shard set to disk.
 
-sources   iterate images of an identity-per-folder tree, a flat folder, or webdataset shards
-embedder  batched forward passes (optionally with the mirrored image summed in)
+The image sources and the batched forward pass are evaluation's own
+(``partial_fc.eval.sources``, ``partial_fc.eval.embedding``), so what ``embed`` writes is what
+``eval`` scores.
 """
-
-from partial_fc.embed.embedder import embed_images, unit_rows
-from partial_fc.embed.sources import ImageSource, open_source
-
-__all__ = ["ImageSource", "embed_images", "open_source", "unit_rows"]

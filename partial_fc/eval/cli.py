@@ -1,6 +1,7 @@
 """``partial-fc eval``: verification, identification and IJB numbers of a trained backbone.
 
-    partial-fc eval --checkpoint runs/demo --pairs data/synth/heldout.pairs.npz lfw.bin --json eval.json
+    partial-fc eval --checkpoint runs/demo --pairs data/demo/heldout.pairs.npz lfw.bin --json eval.json
+    partial-fc eval --checkpoint runs/demo --pairs data/demo/heldout.pairs.npz --json - | jq .pairs
     partial-fc eval --checkpoint runs/demo --gallery-probe faces/ --plot-dir plots/
     partial-fc eval --checkpoint runs/demo --ijb-root IJB_release/IJBC --ijb-name IJBC
 
@@ -10,16 +11,16 @@ See docs/evaluation.md ("Commands") for the protocols and the JSON layout.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
-from partial_fc.util.atomic import write_atomic
 from partial_fc.data.formats.pair_files import load_pairs
-from partial_fc.embed.sources import open_source
 from partial_fc.eval import plots, report
 from partial_fc.eval.backbone import load_backbone, resolve_checkpoint
 from partial_fc.eval.device import add_device_argument, pick_device
 from partial_fc.eval.roc import DEFAULT_FAR_TARGETS, roc_curve
+from partial_fc.eval.sources import open_source
+from partial_fc.util.atomic import write_atomic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--far", type=float, nargs="+", default=list(DEFAULT_FAR_TARGETS), metavar="RATE",
                         help="FAR (and FPIR) targets (default 1e-6 ... 1e-1)")
     parser.add_argument("--folds", type=int, default=10, help="folds of the pair accuracy (LFW: 10)")
-    parser.add_argument("--json", metavar="OUT", help="write all results as JSON")
+    parser.add_argument("--json", metavar="PATH", help="also write all results as JSON to PATH ('-': the JSON on "
+                        "stdout, the tables on stderr)")
     parser.add_argument("--plot-dir", metavar="DIR", help="write roc.png and scores.png there")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_argument(parser)
@@ -79,14 +81,20 @@ def run(args: argparse.Namespace) -> int:
         ijb[args.ijb_name] = result
         curves[_unique(args.ijb_name, curves)] = (scores, labels)
 
-    print(f"checkpoint {ckpt} (step {step}, {cfg.model.name}, flip {'off' if args.no_flip else 'on'})")
+    # With --json - stdout carries only the JSON document; the human-readable lines go to stderr.
+    out = sys.stderr if args.json == "-" else sys.stdout
+
+    def say(text: str) -> None:
+        print(text, file=out)
+
+    say(f"checkpoint {ckpt} (step {step}, {cfg.model.name}, flip {'off' if args.no_flip else 'on'})")
     if pairs:
-        print("\nverification (k-fold accuracy)\n" + report.verification_table({n: r.verification for n, r in pairs.items()}))
+        say("\nverification (k-fold accuracy)\n" + report.verification_table({n: r.verification for n, r in pairs.items()}))
     rocs = {**{n: r.roc for n, r in pairs.items()}, **{n: r.roc for n, r in ijb.items()}}
     if rocs:
-        print("\nROC (TAR % at FAR; n/a: fewer different pairs than 1/FAR)\n" + report.roc_table(rocs))
+        say("\nROC (TAR % at FAR; n/a: fewer different pairs than 1/FAR)\n" + report.roc_table(rocs))
     if ident:
-        print("\nidentification (rank-k %, DIR % at FPIR)\n" + report.identification_table(ident))
+        say("\nidentification (rank-k %, DIR % at FPIR)\n" + report.identification_table(ident))
 
     if args.json:
         doc = {"checkpoint": str(ckpt), "step": step, "model": cfg.model.name, "flip": not args.no_flip,
@@ -94,11 +102,14 @@ def run(args: argparse.Namespace) -> int:
                "pairs": {n: {"verification": r.verification, "roc": r.roc} for n, r in pairs.items()},
                "identification": ident, "ijb": ijb}
         text = report.to_json(doc) + "\n"
-        write_atomic(args.json, lambda f: f.write(text.encode("utf-8")))
-        print(f"\nwrote {args.json}")
+        if args.json == "-":
+            sys.stdout.write(text)
+        else:
+            write_atomic(args.json, lambda f: f.write(text.encode("utf-8")))
+            say(f"\nwrote {args.json}")
     if args.plot_dir and curves:
-        out = Path(args.plot_dir)
-        roc = plots.plot_roc({n: roc_curve(s, y) for n, (s, y) in curves.items()}, out / "roc.png")
-        hist = plots.plot_score_histograms(curves, out / "scores.png")
-        print(f"wrote {roc.path} and {hist.path}")
+        plot_dir = Path(args.plot_dir)
+        roc = plots.plot_roc({n: roc_curve(s, y) for n, (s, y) in curves.items()}, plot_dir / "roc.png")
+        hist = plots.plot_score_histograms(curves, plot_dir / "scores.png")
+        say(f"wrote {roc.path} and {hist.path}")
     return 0

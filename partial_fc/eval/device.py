@@ -1,4 +1,4 @@
-"""The ``--device`` option shared by eval, embed and export."""
+"""The ``--device`` option of eval and embed (export traces on the CPU and has none)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from partial_fc.eval.inputs import as_rate_targets, l2_normalize
+from partial_fc.metrics.inputs import as_rate_targets, l2_normalize
 from partial_fc.eval.roc import DEFAULT_FAR_TARGETS, allowed_false_count
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from partial_fc.eval.ijb_meta import IJBMeta
-from partial_fc.eval.inputs import as_embeddings, as_scores, l2_normalize
+from partial_fc.metrics.inputs import as_embeddings, as_scores, l2_normalize
 from partial_fc.eval.roc import DEFAULT_FAR_TARGETS, RocSummary, summarize_roc
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from partial_fc.data.formats.images import decode_rgb
 from partial_fc.util.progress import Progress
-from partial_fc.embed.embedder import embed_images
+from partial_fc.eval.embedding import embed_images
 from partial_fc.eval.align import align_face
 from partial_fc.eval.ijb import IJBResult, ijb_pair_scores
 from partial_fc.eval.ijb_meta import IJBMeta, load_ijb_meta

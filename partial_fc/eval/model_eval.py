@@ -1,6 +1,8 @@
 """Evaluation protocols run with a backbone: pair files and gallery/probe folders.
 
-The metrics are the pure functions of this package; this module only computes embeddings.
+The metrics are the pure functions of ``partial_fc.metrics`` and this package; this module only
+computes embeddings (``embedding.py``) and hands their unit rows to them. ``evaluate_pairs`` is
+also what the trainer runs on every rank during training (``comm``).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
+from partial_fc.comm import Collectives
 from partial_fc.data.formats.pairs import PairSet
-from partial_fc.util.progress import Progress
-from partial_fc.embed.embedder import embed_images, unit_rows
-from partial_fc.embed.sources import ImageSource
+from partial_fc.eval.embedding import embed_images, embed_indexed
 from partial_fc.eval.identification import IdentificationResult, identify
 from partial_fc.eval.roc import DEFAULT_FAR_TARGETS, RocSummary, summarize_roc
-from partial_fc.eval.verification import VerificationResult, pair_cosine, verify_interleaved
+from partial_fc.eval.sources import ImageSource
+from partial_fc.metrics.verification import VerificationResult, flip_sum_normalize, pair_cosine, verify_scores
+from partial_fc.util.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -30,25 +33,36 @@ class PairEvaluation:
     issame: np.ndarray  # (n_pairs,) bool
 
 
-def evaluate_pairs(
-    model: nn.Module, pairs: PairSet, *, image_size: int, batch_size: int, flip: bool,
-    device: torch.device | str, far_targets: ArrayLike = DEFAULT_FAR_TARGETS, n_folds: int = 10,
-    progress: bool = True,
-) -> PairEvaluation:
-    """10-fold accuracy (flip-summed normalised embeddings when ``flip``) and the exact ROC."""
-    bar = Progress(2 * pairs.num_pairs, desc=f"embed {pairs.name}", enabled=progress)
-    emb, flipped = embed_images(model, (pairs.image(k) for k in range(2 * pairs.num_pairs)), image_size=image_size,
-                                batch_size=batch_size, flip=flip, device=device, progress=bar)
-    bar.close()
-    unit = unit_rows(emb, flipped)
+def score_pairs(unit: np.ndarray, pairs: PairSet, *, far_targets: ArrayLike = DEFAULT_FAR_TARGETS,
+                n_folds: int = 10) -> PairEvaluation:
+    """k-fold accuracy and the exact ROC of pair i = (unit[2i], unit[2i+1]), (2N, D) unit rows."""
+    if unit.shape[0] != 2 * pairs.num_pairs:
+        raise ValueError(f"{pairs.name}: {unit.shape[0]} embeddings for {pairs.num_pairs} pairs, "
+                         f"expected {2 * pairs.num_pairs}")
     scores = pair_cosine(unit[0::2], unit[1::2])
     return PairEvaluation(
         name=pairs.name,
-        verification=verify_interleaved(emb, pairs.issame, flipped=flipped, n_folds=n_folds),
+        verification=verify_scores(scores, pairs.issame, n_folds=n_folds),
         roc=summarize_roc(scores, pairs.issame, far_targets=far_targets),
         scores=scores,
         issame=np.asarray(pairs.issame, bool),
     )
+
+
+def evaluate_pairs(
+    model: nn.Module, pairs: PairSet, *, image_size: int, batch_size: int, flip: bool,
+    device: torch.device | str, far_targets: ArrayLike = DEFAULT_FAR_TARGETS, n_folds: int = 10,
+    comm: Collectives | None = None, progress: bool = True,
+) -> PairEvaluation:
+    """10-fold accuracy (flip-summed normalised embeddings when ``flip``) and the exact ROC.
+
+    With ``comm`` every rank embeds a slice and all ranks return the same result (one all-gather
+    per pair set)."""
+    bar = Progress(2 * pairs.num_pairs, desc=f"embed {pairs.name}", enabled=progress)
+    emb, flipped = embed_indexed(model, pairs.image, 2 * pairs.num_pairs, image_size=image_size,
+                                 batch_size=batch_size, flip=flip, device=device, comm=comm, progress=bar)
+    bar.close()
+    return score_pairs(flip_sum_normalize(emb, flipped), pairs, far_targets=far_targets, n_folds=n_folds)
 
 
 @dataclass(frozen=True)
@@ -111,4 +125,4 @@ def evaluate_gallery_probe(
     emb, flipped = embed_images(model, source.images(), image_size=image_size, batch_size=batch_size, flip=flip,
                                 device=device, progress=bar)
     bar.close()
-    return identify_split(unit_rows(emb, flipped), split, far_targets=far_targets)
+    return identify_split(flip_sum_normalize(emb, flipped), split, far_targets=far_targets)

@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
-from partial_fc.eval.inputs import as_same_labels, as_scores
+from partial_fc.metrics.inputs import as_same_labels, as_scores
 from partial_fc.eval.roc import RocCurve
 from partial_fc.util.atomic import write_atomic
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from partial_fc.eval.identification import IdentificationResult
 from partial_fc.eval.roc import RocSummary
-from partial_fc.eval.verification import VerificationResult
+from partial_fc.metrics.verification import VerificationResult
 
 SIGNIFICANT_DIGITS = 6
 NOT_AVAILABLE = "n/a"

@@ -15,7 +15,7 @@ from decimal import Decimal
 import numpy as np
 from numpy.typing import ArrayLike
 
-from partial_fc.eval.inputs import as_rate_targets, as_same_labels, as_scores
+from partial_fc.metrics.inputs import as_rate_targets, as_same_labels, as_scores
 
 DEFAULT_FAR_TARGETS: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 

@@ -1,6 +1,6 @@
 """``partial-fc viz``: figures.
 
-    partial-fc viz curves --run runs/demo [--keys loss lr samples_per_s] [--out curves.png]
+    partial-fc viz curves --checkpoint runs/demo [--keys loss lr samples_per_s] [--out curves.png]
     partial-fc viz margins --out margins.png [--margins softmax sphereface cosface arcface] [--dims 2 3]
 """
 
@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="figure", metavar="FIGURE")
     sub.required = True
     curves = sub.add_parser("curves", help="training curves from <run>/metrics.jsonl")
-    curves.add_argument("--run", required=True, help="run directory")
+    curves.add_argument("--checkpoint", required=True, metavar="RUN",
+                        help="run directory, or one of its checkpoints/step-N directories (as in eval, embed, export)")
     curves.add_argument("--keys", nargs="+", default=["loss", "lr", "samples_per_s"])
     curves.add_argument("--out", help="PNG to write (default <run>/training_curves.png)")
     m = sub.add_parser("margins", help="2-D / 3-D features learnt with each margin (SphereFace/ArcFace figure)")
@@ -32,10 +33,11 @@ def run(args: argparse.Namespace) -> int:
     from partial_fc.eval.plots import plot_training_curves
 
     if args.figure == "curves":
-        metrics = Path(args.run) / "metrics.jsonl"
+        run_dir = _run_dir(Path(args.checkpoint))
+        metrics = run_dir / "metrics.jsonl"
         if not metrics.is_file():
-            raise ValueError(f"run {args.run} has no metrics.jsonl (expected {metrics})")
-        out = args.out or Path(args.run) / "training_curves.png"
+            raise ValueError(f"run {run_dir} has no metrics.jsonl (expected {metrics})")
+        out = args.out or run_dir / "training_curves.png"
         result = plot_training_curves(metrics, out, keys=args.keys)
     else:
         from partial_fc.viz.margin_demo import plot_margins
@@ -46,3 +48,11 @@ def run(args: argparse.Namespace) -> int:
                               seed=args.seed)
     print(f"wrote {result.path} ({result.n_panels} panels)")
     return 0
+
+
+def _run_dir(path: Path) -> Path:
+    """The run a --checkpoint names: the path itself, or <run> of <run>/checkpoints/step-N (the
+    curves come from the whole run, not from one checkpoint)."""
+    if not path.exists():
+        raise ValueError(f"--checkpoint {path} does not exist; expected a run directory (with metrics.jsonl)")
+    return path.parent.parent if path.parent.name == "checkpoints" else path

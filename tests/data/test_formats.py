@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from partial_fc.data.baseline import kfold_accuracy
+from partial_fc.data.baseline import pixel_baseline, pixel_pair_scores
 from partial_fc.data.formats.manifest import MANIFEST_NAME, ShardManifest, load_manifest, write_manifest
 from partial_fc.data.formats.pair_files import load_pairs
 from partial_fc.data.formats.pairs import PairSet, save_pairs
 from partial_fc.data.formats.shards import ShardInfo, ShardWriter
+from partial_fc.metrics.verification import verify_scores
 from tests.data.helpers import image, jpeg
 
 
@@ -101,37 +102,22 @@ def test_pairs_format_errors(tmp_path: Path) -> None:
         load_pairs(tmp_path / "other.npz")
 
 
-def test_kfold_accuracy_matches_brute_force() -> None:
-    rng = np.random.default_rng(0)
-    issame = rng.permutation(np.arange(60) < 30)
-    scores = rng.normal(size=60) + 0.8 * issame
-    mean, _ = kfold_accuracy(scores, issame, folds=10)
-    # Oracle: for each fold, try every threshold between consecutive training scores.
-    accs = []
-    for f in range(10):
-        test = np.zeros(60, dtype=bool)
-        test[6 * f : 6 * f + 6] = True
-        candidates = np.concatenate([[-np.inf], np.sort(scores[~test])])
-        train_acc = [np.mean((scores[~test] >= t) == issame[~test]) for t in candidates]
-        best = candidates[int(np.argmax(train_acc))]
-        # the implementation thresholds at the midpoint below the chosen score; same decisions on train
-        below = scores[~test][scores[~test] < best].max() if np.any(scores[~test] < best) else best - 1.0
-        accs.append(np.mean((scores[test] > (below + best) / 2) == issame[test]))
-    assert mean == pytest.approx(np.mean(accs))
-    assert kfold_accuracy(np.where(issame, 1.0, 0.0), issame)[0] == 1.0
-    assert kfold_accuracy(np.zeros(60), issame)[0] == pytest.approx(0.5, abs=0.15)
-
-
-def test_pair_batches_in_pair_order(tmp_path: Path) -> None:
-    from partial_fc.data.pair_loader import iter_pair_batches
-
-    raw = np.stack([image(k) for k in range(6)])
-    pairs = PairSet(name="t", images=[jpeg(k, quality=100) for k in range(6)], issame=np.array([True, False, True]))
-    batches = list(iter_pair_batches(pairs, batch_size=4))
-    assert [tuple(b.shape) for b in batches] == [(4, 3, 32, 32), (2, 3, 32, 32)]
-    images = np.concatenate([((b + 1) * 127.5).round().permute(0, 2, 3, 1).numpy() for b in batches])
-    assert np.abs(images - raw).mean() < 2.0  # decoded JPEGs (q100) of the images, in order
-    flipped = np.concatenate([b.numpy() for b in iter_pair_batches(pairs, batch_size=4, flip=True)])
-    np.testing.assert_array_equal(flipped, np.concatenate([b.numpy() for b in batches])[..., ::-1])
-    resized = next(iter_pair_batches(pairs, batch_size=2, image_size=16))
-    assert resized.shape == (2, 3, 16, 16)
+def test_pixel_baseline_is_the_shared_kfold_protocol() -> None:
+    # Pair 0 identical images (cosine 1), pair 1 an image and its negative (cosine -1), so the
+    # raw-pixel scores are known exactly; the accuracy must be the one k-fold protocol's on them.
+    base = [image(k).astype(np.int16) for k in range(10)]
+    images, issame = [], []
+    for k in range(10):
+        other = base[k] if k % 2 == 0 else 255 - base[k]
+        images += [base[k].astype(np.uint8), other.astype(np.uint8)]
+        issame.append(k % 2 == 0)
+    pairs = PairSet(name="t", images=np.stack(images), issame=np.array(issame))
+    scores = pixel_pair_scores(pairs)
+    # Centring makes 255 - x the exact negative of x: cosine -1. The features are float32 and the
+    # cosine sums 32*32*3 products, so rounding reaches a few 1e-6 (sqrt(3072) * 6e-8 each).
+    np.testing.assert_allclose(scores, np.where(issame, 1.0, -1.0), atol=1e-5)
+    got = pixel_baseline(pairs, n_folds=5)
+    want = verify_scores(scores, issame, n_folds=5)
+    assert got == want and got.accuracy_mean == 1.0 and got.n_folds == 5
+    # The grid's tie-break (the strictest best threshold): cos 0.995, not a midpoint such as 0.
+    assert got.fold_thresholds == pytest.approx((0.995,) * 5, abs=1e-12)

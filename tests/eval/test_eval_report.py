@@ -19,7 +19,7 @@ from partial_fc.eval.report import (
     verification_table,
 )
 from partial_fc.eval.roc import summarize_roc
-from partial_fc.eval.verification import verify_scores
+from partial_fc.metrics.verification import verify_scores
 
 
 def _hand_verification():

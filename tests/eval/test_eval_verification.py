@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from partial_fc.eval.verification import (
+from partial_fc.metrics.verification import (
     flip_sum_normalize,
     insightface_cosine_thresholds,
     kfold_bounds,
@@ -106,6 +106,10 @@ def test_flip_sum_normalize_by_hand() -> None:
         flip_sum_normalize([[1.0, 0.0]], [[-1.0, 0.0]])
     with pytest.raises(ValueError, match=r"flipped must have the shape of embeddings \(1, 2\)"):
         flip_sum_normalize([[1.0, 0.0]], [[1.0, 0.0, 0.0]])
+    # Without a flipped set the rows are only normalised: [3,4] -> [0.6,0.8].
+    np.testing.assert_allclose(flip_sum_normalize([[3.0, 4.0]]), [[0.6, 0.8]], atol=1e-15)
+    with pytest.raises(ValueError, match="embeddings row 0 has zero L2 norm"):
+        flip_sum_normalize([[0.0, 0.0]])
 
 
 def test_interleaved_layout_with_flip() -> None:

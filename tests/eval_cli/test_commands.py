@@ -15,14 +15,13 @@ from PIL import Image
 from partial_fc.cli import main as cli_main
 from partial_fc.config import from_dict
 from partial_fc.config.train import TrainConfig
-from partial_fc.data.pair_loader import iter_pair_batches
 from partial_fc.data.formats.pair_files import load_pairs
 from partial_fc.data.loaders.worker_stream import to_float_chw
-from partial_fc.embed.sources import open_source
 from partial_fc.eval import summarize_roc, verify_interleaved
 from partial_fc.eval.align import ARCFACE_TEMPLATE_112
 from partial_fc.eval.backbone import load_backbone
-from partial_fc.eval.verification import flip_sum_normalize, pair_cosine
+from partial_fc.eval.sources import open_source
+from partial_fc.metrics.verification import flip_sum_normalize, pair_cosine
 from partial_fc.train.trainer import train
 from tests.tiny_run import make_tiny_data, tiny_config
 
@@ -60,12 +59,13 @@ def test_eval_pairs_prints_table_and_json_equal_to_library(run_dir, data_dir, tm
     got = doc["pairs"]["synthetic-heldout"]
     assert set(got) == {"verification", "roc"}
     assert 0.0 <= got["verification"]["accuracy_mean"] <= 1.0
-    # The oracle: embeddings computed here with the pair loader, metrics from the library.
+    # The oracle: embeddings of one direct forward pass here, metrics from the library.
     model, _, _ = load_backbone(run_dir)
     pairs = load_pairs(pairs_path)
+    images = np.stack([pairs.image(k) for k in range(2 * pairs.num_pairs)])
     with torch.no_grad():
-        emb = torch.cat([model(b) for b in iter_pair_batches(pairs, batch_size=16)]).numpy()
-        flip = torch.cat([model(b) for b in iter_pair_batches(pairs, batch_size=16, flip=True)]).numpy()
+        emb = model(to_float_chw(images)).numpy()
+        flip = model(to_float_chw(images[:, :, ::-1])).numpy()
     ver = verify_interleaved(emb, pairs.issame, flipped=flip)
     unit = flip_sum_normalize(emb, flip)
     roc = summarize_roc(pair_cosine(unit[0::2], unit[1::2]), pairs.issame)
@@ -78,6 +78,17 @@ def test_eval_pairs_prints_table_and_json_equal_to_library(run_dir, data_dir, tm
     assert tars[1e-6] is None and tars[0.1] == pytest.approx(roc.tar(0.1), rel=1e-5)
     _png(tmp_path / "plots" / "roc.png")
     _png(tmp_path / "plots" / "scores.png")
+
+
+def test_eval_json_dash_is_the_document_on_stdout(run_dir, data_dir, tmp_path, capsys):
+    # The project-wide --json PATH rule: '-' puts only the JSON on stdout (tables go to stderr).
+    pairs_path = data_dir / "heldout.pairs.npz"
+    assert cli_main(["eval", "--checkpoint", str(run_dir), "--pairs", str(pairs_path), "--json", "-", "--no-flip",
+                     "--quiet"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["flip"] is False and set(doc["pairs"]) == {"synthetic-heldout"}
+    assert "accuracy %" in captured.err and not (tmp_path / "-").exists() and not Path("-").exists()
 
 
 def test_eval_gallery_probe_split(run_dir, data_dir, tmp_path):
@@ -124,6 +135,7 @@ def test_embed_writes_unit_rows_matching_a_direct_forward(run_dir, data_dir, tmp
     out = tmp_path / "emb"
     assert cli_main(["embed", "--checkpoint", str(run_dir), "--input", str(data_dir), "--out", str(out),
                      "--batch-size", "7", "--quiet"]) == 0
+    assert "flip on" in capsys.readouterr().out  # as in eval: flip test-time augmentation unless --no-flip
     emb = np.load(out / "embeddings.npy")
     index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert emb.dtype == np.float32 and emb.shape == (192, 32) and len(index) == 192
@@ -132,10 +144,17 @@ def test_embed_writes_unit_rows_matching_a_direct_forward(run_dir, data_dir, tmp
     model, _, _ = load_backbone(run_dir)
     images = np.stack([im for _, im in zip(range(10), open_source(data_dir).images())])
     with torch.no_grad():
-        direct = model(to_float_chw(images)).numpy()
-    direct /= np.linalg.norm(direct, axis=1, keepdims=True)
+        plain = model(to_float_chw(images)).numpy().astype(np.float64)
+        mirrored = model(to_float_chw(images[:, :, ::-1])).numpy()
+    direct = (plain + mirrored) / np.linalg.norm(plain + mirrored, axis=1, keepdims=True)
     np.testing.assert_allclose(emb[:10], direct, atol=1e-5)  # float32 forward, different batch split
     assert sorted(p.name for p in out.iterdir()) == ["embeddings.npy", "index.jsonl"]  # no temp files left
+
+    assert cli_main(["embed", "--checkpoint", str(run_dir), "--input", str(data_dir), "--out", str(out),
+                     "--no-flip", "--quiet"]) == 0
+    assert "flip off" in capsys.readouterr().out
+    plain /= np.linalg.norm(plain, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.load(out / "embeddings.npy")[:10], plain, atol=1e-5)
 
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed")
@@ -162,9 +181,14 @@ def test_export_torchscript_parity(run_dir, tmp_path):
 
 
 def test_viz_curves_and_margins_pngs(run_dir, tmp_path, capsys):
-    assert cli_main(["viz", "curves", "--run", str(run_dir), "--out", str(tmp_path / "c.png")]) == 0
+    assert cli_main(["viz", "curves", "--checkpoint", str(run_dir), "--out", str(tmp_path / "c.png")]) == 0
     assert "(3 panels)" in capsys.readouterr().out
     _png(tmp_path / "c.png")
+    # A step-N directory names its run, as --checkpoint does for eval, embed and export.
+    assert cli_main(["viz", "curves", "--checkpoint", str(run_dir / "checkpoints" / "step-2")]) == 0
+    assert f"wrote {run_dir / 'training_curves.png'}" in capsys.readouterr().out
+    assert cli_main(["viz", "curves", "--checkpoint", str(tmp_path / "nope")]) == 2
+    assert "nope does not exist" in capsys.readouterr().err
     assert cli_main(["viz", "margins", "--out", str(tmp_path / "m.png"), "--margins", "softmax", "arcface",
                      "--steps", "5", "--classes", "4"]) == 0
     assert "(4 panels)" in capsys.readouterr().out  # 2 margins x (2-D, 3-D)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import simplejpeg
 
-from partial_fc.data.baseline import kfold_accuracy, pixel_pair_scores
+from partial_fc.data.baseline import pixel_baseline
 from partial_fc.data.formats.manifest import ShardManifest, write_manifest
 from partial_fc.data.formats.pairs import PAIRS_SUFFIX, PairSet, save_pairs
 from partial_fc.data.pools import pool_context
@@ -153,7 +153,8 @@ def generate(config: SynthConfig, *, show_progress: bool = True) -> SynthResult:
                     "identities": [config.identities, config.identities + config.heldout_identities]}  # fmt: skip
             pairs = PairSet(name=f"synthetic-{PAIRS_NAME}", images=images, issame=issame, meta=meta)
             pairs_path = save_pairs(out / f"{PAIRS_NAME}{PAIRS_SUFFIX}", pairs)
-            accuracy, std = kfold_accuracy(pixel_pair_scores(pairs), issame)
+            baseline = pixel_baseline(pairs)
+            accuracy, std = baseline.accuracy_mean, baseline.accuracy_std
     finally:
         if pool is not None:
             pool.close()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from partial_fc.eval.inputs import as_embeddings, as_same_labels, as_scores, l2_normalize
+from partial_fc.metrics.inputs import as_embeddings, as_same_labels, as_scores, l2_normalize
 
 
 def insightface_cosine_thresholds() -> np.ndarray:
@@ -35,13 +35,16 @@ class VerificationResult:
     n_folds: int
 
 
-def flip_sum_normalize(embeddings: ArrayLike, flipped: ArrayLike) -> np.ndarray:
-    """Unit-norm (embedding + embedding of the horizontally flipped image), row by row.
+def flip_sum_normalize(embeddings: ArrayLike, flipped: ArrayLike | None = None) -> np.ndarray:
+    """Unit-norm rows of ``embeddings`` (+ the embeddings of the horizontally flipped images), float64.
 
     The sum is taken before normalising, as InsightFace does, so the longer (more confident) of
-    the two embeddings weighs more.
+    the two embeddings weighs more. Without ``flipped`` the rows are only normalised. This is the
+    one normalise-and-flip step of every evaluation (pairs, gallery/probe, ``embed``, training).
     """
     a = as_embeddings(embeddings, name="embeddings")
+    if flipped is None:
+        return l2_normalize(a, name="embeddings")
     b = as_embeddings(flipped, name="flipped")
     if a.shape != b.shape:
         raise ValueError(f"flipped must have the shape of embeddings {a.shape}, got {b.shape}")
