@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 KINDS: dict[str, tuple[str, str]] = {
     "head": ("partial_fc.bench.head", "sharded head step time and memory vs the GEMM floor and a naive baseline"),
@@ -16,14 +15,18 @@ KINDS: dict[str, tuple[str, str]] = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="kind", metavar="KIND")
     sub.required = True
-    argv = sys.argv[1:]
-    chosen = next((a for a in argv[argv.index("bench") + 1 :] if not a.startswith("-")), None) if "bench" in argv else None
     for name, (module, help_text) in KINDS.items():
         p = sub.add_parser(name, help=help_text)
         p.set_defaults(_bench_module=module)
-        if chosen in (None, name) or chosen not in KINDS:
+        try:
             importlib.import_module(module).add_arguments(p)
+        except ImportError as err:
+            # a kind whose dependencies are missing must not break the other kinds; it says why when chosen
+            p.add_argument("_ignored", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            p.set_defaults(_bench_import_error=f"bench {name} is unavailable: {err}")
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "_bench_import_error", None):
+        raise ValueError(args._bench_import_error)
     return int(importlib.import_module(args._bench_module).run(args) or 0)

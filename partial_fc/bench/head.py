@@ -1,11 +1,14 @@
 """`partial-fc bench head`: step time and peak memory of the sharded head, against the three
 bare GEMMs of the same shapes (the floor) and a naive baseline, all measured in one run.
 
-    partial-fc bench head --classes 1000000 --dim 512 --batch 128 --sample-rate 0.1 --world-size 2
+    partial-fc bench head --classes 1000000 --dim 512 --batch-size 128 --sample-rate 0.1 --world-size 2
+    partial-fc bench head --find-max 8GiB --dim 512 --batch-size 128 --sample-rate 0.1 --world-size 2
 
 Each implementation runs in its own freshly spawned ranks (gloo on CPU, NCCL on GPUs), so peak
 memory is measured from a clean process. A step is forward + backward + the head optimizer's
-step, timed on every rank; the median over the timed steps is reported.
+step, timed on every rank; the median over the timed steps is reported, beside the capacity
+planner's prediction of the peak (``partial_fc.plan``). A rank that dies ends the bench at once
+with one line naming it (``comm.local.run_ranks`` watches the ranks).
 """
 
 from __future__ import annotations
@@ -14,60 +17,134 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
 
 from partial_fc.bench.memory import MemoryMeter
-from partial_fc.comm.local import run_ranks
+from partial_fc.comm.local import RankFailure, run_ranks
+from partial_fc.eval.device import add_device_argument, pick_device
 from partial_fc.head.partial_fc import DEFAULT_CHUNK_SIZE
+from partial_fc.plan import format_bytes, largest_classes, parse_bytes, plan_memory
+from partial_fc.plan.memory import OFFLOADS, OPTIM_STATES, STATE_DTYPES
+from partial_fc.util.atomic import write_json_atomic
 
 MiB = 1024 * 1024
 TARGETS = {"step_vs_floor": 1.5, "peak_vs_naive": 0.6, "working_vs_naive": 0.2}
+# What the head implements today; the planner already models the compact modes and offload.
+AVAILABLE = {"state_dtype": ("fp32",), "optim_state": ("fp32",), "offload": ("none",)}
+_FIND_MAX_TRIES = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", type=int, default=1_000_000, help="total classes C (all ranks)")
     parser.add_argument("--dim", type=int, default=512, help="embedding dimension D")
-    parser.add_argument("--batch", type=int, default=128, help="samples per rank b")
+    parser.add_argument("--batch-size", type=int, default=128, help="samples per rank b")
     parser.add_argument("--sample-rate", type=float, default=0.1)
     parser.add_argument("--world-size", type=int, default=2)
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     parser.add_argument("--margin", default="arcface")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (optimizer state is created and first touched)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_device_argument(parser)
+    parser.add_argument("--state-dtype", default="fp32", metavar="{fp32,bf16,fp16}", help="storage dtype of the class centers")
+    parser.add_argument("--optim-state", default="fp32", metavar="{fp32,bf16,int8}", help="storage of their optimizer state")
+    parser.add_argument("--offload", default="none", metavar="{none,host,mmap}", help="where the class table lives")
+    parser.add_argument("--find-max", metavar="MEMORY", help="find the largest --classes whose peak fits MEMORY per rank "
+                        "(e.g. 8GiB): the planner proposes, a run confirms; implies --no-baseline")
     parser.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH ('-': print only the JSON)")
 
 
 def run(args: argparse.Namespace) -> int:
     _validate(args)
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = pick_device(args.device)
+    if device.index is not None:
+        raise ValueError(f"--device {args.device}: bench head puts rank r on cuda:r; use --device cuda")
+    use_cuda = device.type == "cuda"
     if use_cuda and torch.cuda.device_count() < args.world_size:
-        raise SystemExit(f"--world-size {args.world_size} needs {args.world_size} GPUs, found {torch.cuda.device_count()}")
+        raise ValueError(f"--world-size {args.world_size} needs {args.world_size} GPUs, found {torch.cuda.device_count()}")
     backend = "nccl" if use_cuda else "gloo"
     threads = 1 if use_cuda else max(1, (os.cpu_count() or 1) // args.world_size)
-    cfg = {k: getattr(args, k) for k in ("classes", "dim", "batch", "sample_rate", "world_size", "chunk_size", "margin", "steps", "warmup")}
+    cfg = {k: getattr(args, k) for k in ("classes", "dim", "batch_size", "sample_rate", "world_size", "chunk_size",
+                                         "margin", "steps", "warmup", "state_dtype", "optim_state", "offload")}
     cfg["cuda"] = use_cuda
-    results = {"head": run_ranks(_bench_rank, args.world_size, dict(cfg, impl="head"), backend=backend,
-                                 threads_per_rank=threads, timeout_s=3600)}
-    if not args.no_baseline:
-        results["naive"] = run_ranks(_bench_rank, args.world_size, dict(cfg, impl="naive"), backend=backend,
-                                     threads_per_rank=threads, timeout_s=3600)
-    report = _report(cfg, results, backend=backend, threads=threads)
-    print(json.dumps(report, indent=2) if args.json else _format(report))
+    try:
+        if args.find_max:
+            report = _find_max(cfg, parse_bytes(args.find_max), backend=backend, threads=threads)
+        else:
+            results = {"head": run_ranks(_bench_rank, args.world_size, dict(cfg, impl="head"), backend=backend,
+                                         threads_per_rank=threads, timeout_s=3600)}
+            if not args.no_baseline:
+                results["naive"] = run_ranks(_bench_rank, args.world_size, dict(cfg, impl="naive"), backend=backend,
+                                             threads_per_rank=threads, timeout_s=3600)
+            report = _report(cfg, results, backend=backend, threads=threads)
+    except RankFailure as err:
+        # one line; the ranks' tracebacks only on request
+        print(f"partial-fc bench head: {err if os.environ.get('PARTIAL_FC_DEBUG') else err.summary}", file=sys.stderr)
+        return 1
+    if args.json and args.json != "-":
+        write_json_atomic(args.json, report)
+    print(json.dumps(report, indent=2) if args.json == "-" else _format(report))
     return 0
 
 
 def _validate(args: argparse.Namespace) -> None:
-    for name in ("classes", "dim", "batch", "world_size", "chunk_size", "steps"):
+    for name in ("classes", "dim", "batch_size", "world_size", "chunk_size", "steps"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
     if not 0 < args.sample_rate <= 1:
-        raise SystemExit(f"--sample-rate must be in (0, 1], got {args.sample_rate}")
+        raise ValueError(f"--sample-rate must be in (0, 1], got {args.sample_rate}")
     if args.classes < args.world_size:
-        raise SystemExit(f"--classes ({args.classes}) must be >= --world-size ({args.world_size})")
+        raise ValueError(f"--classes ({args.classes}) must be >= --world-size ({args.world_size})")
+    modelled = {"state_dtype": STATE_DTYPES, "optim_state": OPTIM_STATES, "offload": OFFLOADS}
+    for name, available in AVAILABLE.items():
+        value, flag = getattr(args, name), "--" + name.replace("_", "-")
+        if value not in modelled[name]:
+            raise ValueError(f"{flag} must be one of {sorted(modelled[name])}, got {value!r}")
+        if value not in available:
+            raise ValueError(f"{flag} {value} is not implemented in the head yet; bench head runs {', '.join(available)} "
+                             f"(partial-fc plan models {value} already)")
+
+
+def _plan(cfg: dict, classes: int):
+    return plan_memory(classes=classes, dim=cfg["dim"], world_size=cfg["world_size"], batch_size=cfg["batch_size"],
+                       sample_rate=cfg["sample_rate"], chunk_size=cfg["chunk_size"], state_dtype=cfg["state_dtype"],
+                       optim_state=cfg["optim_state"], offload=cfg["offload"], device="cuda" if cfg["cuda"] else "cpu",
+                       runtime_bytes=0 if cfg["cuda"] else None)  # CUDA: compared with the allocator's peak
+
+
+def _find_max(cfg: dict, budget: int, *, backend: str, threads: int) -> dict:
+    """The planner's largest C for ``budget`` bytes per rank, confirmed by running it; each
+    failed confirmation (peak over budget, or a rank killed) retries 5 % smaller."""
+    keys = ("dim", "world_size", "batch_size", "sample_rate", "chunk_size", "state_dtype", "optim_state", "offload")
+    proposed = largest_classes(budget, **{k: cfg[k] for k in keys}, device="cuda" if cfg["cuda"] else "cpu",
+                               runtime_bytes=0 if cfg["cuda"] else None)
+    if proposed == 0:
+        raise ValueError(f"--find-max {format_bytes(budget)}: not even {cfg['world_size']} classes fit; "
+                         f"lower --batch-size or --chunk-size")
+    classes, attempts = proposed, []
+    for _ in range(_FIND_MAX_TRIES):
+        run_cfg = dict(cfg, classes=classes)
+        try:
+            per_rank = run_ranks(_bench_rank, cfg["world_size"], dict(run_cfg, impl="head"), backend=backend,
+                                 threads_per_rank=threads, timeout_s=3600)
+        except RankFailure as err:
+            attempts.append({"classes": classes, "failed": err.summary})
+        else:
+            peak = max(r["peak"] for r in per_rank)
+            attempts.append({"classes": classes, "peak_mib": peak / MiB})
+            if peak <= budget:
+                report = _report(run_cfg, {"head": per_rank}, backend=backend, threads=threads)
+                report["find_max"] = {"budget_bytes": budget, "proposed": proposed, "confirmed": classes,
+                                      "attempts": attempts}
+                return report
+        classes = max(cfg["world_size"], int(classes * 0.95))
+    tried = "; ".join(f"C={a['classes']:,}: " + (a.get("failed") or f"peak {a['peak_mib']:.0f} MiB") for a in attempts)
+    raise RankFailure(f"--find-max {format_bytes(budget)}: no confirmed size after {_FIND_MAX_TRIES} runs ({tried})")
 
 
 def _bench_rank(rank: int, world_size: int, cfg: dict) -> dict:
@@ -80,7 +157,7 @@ def _bench_rank(rank: int, world_size: int, cfg: dict) -> dict:
     device = torch.device("cuda", rank) if cfg["cuda"] else torch.device("cpu")
     meter = MemoryMeter(device)
     sync = (lambda: torch.cuda.synchronize(device)) if cfg["cuda"] else (lambda: None)
-    b, dim, num_classes = cfg["batch"], cfg["dim"], cfg["classes"]
+    b, dim, num_classes = cfg["batch_size"], cfg["dim"], cfg["classes"]
     total = cfg["warmup"] + cfg["steps"]
     gen = torch.Generator().manual_seed(1000 + rank)
     inputs = [(torch.randn(b, dim, generator=gen).to(device).requires_grad_(),
@@ -153,7 +230,10 @@ def _report(cfg: dict, results: dict, *, backend: str, threads: int) -> dict:
                          "step_vs_floor": r["step_s"] / r["floor_s"], "peak_mib": r["peak"] / MiB,
                          "weights_state_mib": (r["weights"] + r["state"]) / MiB, "working_mib": working / MiB,
                          "sampled_per_rank": r["sampled"], "first_loss": r["first_loss"]})
-    summary = {"step_vs_floor": max(r["step_vs_floor"] for r in rows if r["impl"] == "head")}
+    planned = _plan(cfg, cfg["classes"])
+    summary = {"step_vs_floor": max(r["step_vs_floor"] for r in rows if r["impl"] == "head"),
+               "planned_peak_mib": planned.total_bytes / MiB,
+               "planned_vs_peak": planned.total_bytes / MiB / max(r["peak_mib"] for r in rows if r["impl"] == "head")}
     if "naive" in results:
         head = {r["rank"]: r for r in rows if r["impl"] == "head"}
         naive = {r["rank"]: r for r in rows if r["impl"] == "naive"}
@@ -169,7 +249,7 @@ def _report(cfg: dict, results: dict, *, backend: str, threads: int) -> dict:
 def _format(report: dict) -> str:
     c = report["config"]
     lines = [
-        f"partial-fc bench head: C={c['classes']:,} D={c['dim']} b={c['batch']}/rank (B={c['batch'] * c['world_size']}) "
+        f"partial-fc bench head: C={c['classes']:,} D={c['dim']} b={c['batch_size']}/rank (B={c['batch_size'] * c['world_size']}) "
         f"r={c['sample_rate']} N={c['world_size']} chunk={c['chunk_size']} margin={c['margin']}",
         f"device: {report['device']}, backend {report['backend']}; median of {c['steps']} steps after {c['warmup']} warm-up",
         f"memory: {report['memory']}",
@@ -184,9 +264,15 @@ def _format(report: dict) -> str:
     s, t = report["summary"], report["targets"]
     lines.append("")
     lines.append(f"head step / GEMM floor: {s['step_vs_floor']:.2f} (target <= {t['step_vs_floor']})")
+    lines.append(f"planned peak (partial-fc plan): {s['planned_peak_mib']:.0f} MiB, "
+                 f"{s['planned_vs_peak']:.2f} x the measured head peak")
     if "peak_vs_naive" in s:
         lines.append(f"naive step / GEMM floor: {s['naive_step_vs_floor']:.2f}")
         lines.append(f"head peak / naive peak: {s['peak_vs_naive']:.2f} (target <= {t['peak_vs_naive']})")
         lines.append(f"head working / naive working: {s['working_vs_naive']:.2f} (target <= {t['working_vs_naive']})")
         lines.append(f"|loss head - loss naive| at the first step: {s['first_loss_abs_diff']:.2e}")
+    if "find_max" in report:
+        f = report["find_max"]
+        lines.append(f"largest C within {format_bytes(f['budget_bytes'])} per rank: {f['confirmed']:,} classes "
+                     f"(planner proposed {f['proposed']:,}; confirmed by the run above)")
     return "\n".join(lines)

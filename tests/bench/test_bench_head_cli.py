@@ -1,0 +1,104 @@
+"""`partial-fc bench head` as a user calls it: main(argv) with the project's flag names, JSON
+to a path or stdout, one-line errors, --find-max, and a rank killed under a running bench."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from partial_fc.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["bench", "head", "--classes", "2000", "--dim", "16", "--batch-size", "8", "--world-size", "2",
+        "--steps", "2", "--warmup", "1", "--device", "cpu"]
+
+
+def test_main_argv_does_not_read_sys_argv(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sys, "argv", ["pytest", "bench", "data", "--no-such-flag"])  # must not matter
+    out = tmp_path / "head.json"
+    assert main([*TINY, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["batch_size"] == 8 and {r["impl"] for r in report["rows"]} == {"head", "naive"}
+    assert "head step / GEMM floor" in capsys.readouterr().out  # the table is still printed
+
+
+def test_json_dash_prints_only_json(capsys):
+    assert main([*TINY, "--no-baseline", "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["summary"]["planned_peak_mib"] > 0
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--state-dtype", "bf16"], "--state-dtype bf16 is not implemented in the head yet; bench head runs fp32"),
+    (["--optim-state", "int8"], "--optim-state int8 is not implemented in the head yet; bench head runs fp32"),
+    (["--offload", "host"], "--offload host is not implemented in the head yet; bench head runs none"),
+    (["--state-dtype", "fp8"], r"--state-dtype must be one of \['bf16', 'fp16', 'fp32'\], got 'fp8'"),
+    (["--device", "tpu"], "--device 'tpu' is not a device"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--find-max", "lots"], "'lots' is not a number with a unit"),
+])
+def test_one_line_errors(flags, match, capsys):
+    assert main([*TINY, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert re.search(match, err), err
+
+
+def test_find_max_proposes_and_confirms(tmp_path, capsys):
+    out = tmp_path / "max.json"
+    assert main(["bench", "head", "--find-max", "300MiB", "--dim", "64", "--batch-size", "32", "--sample-rate", "0.1",
+                 "--world-size", "2", "--steps", "2", "--warmup", "1", "--device", "cpu", "--json", str(out)]) == 0
+    found = json.loads(out.read_text())
+    fm = found["find_max"]
+    assert fm["confirmed"] == found["config"]["classes"] and fm["confirmed"] <= fm["proposed"]
+    assert max(r["peak_mib"] for r in found["rows"]) * 2**20 <= 300 * 2**20
+    # 300 MiB - 97 MiB runtime over 512 B per class (fp32 D=64 weights + momentum), 2 ranks: ~0.8M
+    assert 600_000 < fm["confirmed"] < 850_000
+    assert f"largest C within 300.00 MiB per rank: {fm['confirmed']:,} classes" in capsys.readouterr().out
+
+
+def _rank_pids(parent: int) -> list[int]:
+    """The bench's spawned ranks (children running multiprocessing.spawn, not its resource tracker)."""
+    kids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    ranks = []
+    for pid in kids:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            continue
+        if "spawn_main" in cmd:
+            ranks.append(int(pid))
+    return sorted(ranks)
+
+
+def test_killed_rank_ends_the_bench_with_one_line():
+    # enough steps to still be running when the kill comes; the kill is what the OOM killer does
+    cmd = [sys.executable, "-m", "partial_fc.cli", *TINY, "--no-baseline", "--steps", "100000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 60
+        while len(ranks := _rank_pids(proc.pid)) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, "the bench never started its ranks"
+            time.sleep(0.2)
+        time.sleep(3)  # let them form the group and start stepping
+        killed_at = time.monotonic()
+        os.kill(ranks[1], signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        # the parent polls every 0.1 s and waits 1 s for the others' reports; 15 s is a wide margin
+        assert time.monotonic() - killed_at < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("partial-fc bench head: rank 1 was killed by signal 9 (SIGKILL; the kernel's OOM killer")
