@@ -4,23 +4,21 @@
     model, cfg, step = load_backbone("runs/demo/checkpoints/step-3000")
 
 The model is built from the run's resolved ``config.yaml`` and gets the backbone weights of
-``trainer.pt`` (``{"engine": {"model": state dict}, "step": N}``), read with weights_only.
+``trainer.pt`` (``partial_fc.checkpoint.TrainerState``: ``engine.model``), read with weights_only.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from partial_fc.checkpoint import TrainerState, latest_checkpoint, read_meta
+from partial_fc.checkpoint.files import safe_load
+from partial_fc.checkpoint.layout import TRAINER, is_temporary, step_of
 from partial_fc.config import load_yaml
 from partial_fc.config.train import TrainConfig
-from partial_fc.train.checkpoint import latest_checkpoint, read_meta
-from partial_fc.train.checkpoint_files import safe_load
-
-_STEP_DIR = re.compile(r"^step-\d+$")
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
@@ -29,7 +27,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     if not path.exists():
         raise ValueError(f"checkpoint {path} does not exist; expected a run directory (with config.yaml and "
                          f"checkpoints/step-N/) or a checkpoints/step-N directory")
-    if _STEP_DIR.match(path.name) or ".tmp" in path.name:
+    if step_of(path.name) is not None or is_temporary(path.name):
         read_meta(path)  # ValueError for a temporary or incomplete checkpoint
         return path.parent.parent, path
     if not (path / "config.yaml").is_file():
@@ -49,19 +47,15 @@ def load_backbone(path: str | Path, *, device: torch.device | str = "cpu") -> tu
     if not config_path.is_file():
         raise ValueError(f"checkpoint {ckpt} has no run config: expected {config_path} two levels up")
     cfg = load_yaml(config_path, TrainConfig)
-    trainer_path = ckpt / "trainer.pt"
+    trainer_path = ckpt / TRAINER
     if not trainer_path.is_file():
         raise ValueError(f"checkpoint {ckpt} has no trainer.pt (the backbone weights are written by rank 0)")
-    state = safe_load(trainer_path)
-    try:
-        weights = state["engine"]["model"]
-    except (KeyError, TypeError):
-        raise ValueError(f"{trainer_path} lacks engine.model (the backbone state dict)") from None
+    state = TrainerState.from_dict(safe_load(trainer_path), path=trainer_path)
     model = cfg.model.build()
     try:
-        model.load_state_dict(weights, strict=True)
+        model.load_state_dict(state.backbone, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise ValueError(f"{trainer_path}: backbone weights do not fit model {cfg.model.name!r} of "
                          f"{config_path}: {first}") from e
-    return model.to(device).eval(), cfg, int(state.get("step", read_meta(ckpt)["step"]))
+    return model.to(device).eval(), cfg, state.step

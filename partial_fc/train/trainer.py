@@ -73,7 +73,7 @@ def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
     from partial_fc.comm.init import cleanup, init_distributed
     from partial_fc.engine import build_engine
     from partial_fc.engine.optim import OptimizerSpec
-    from partial_fc.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from partial_fc.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 
     dist = init_distributed()
     if dist.is_distributed:
@@ -197,8 +197,8 @@ def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
                     metrics["eval"] = results
                 if step % cfg.train.checkpoint_every == 0 or step == last_steps:
                     save_checkpoint(run_dir, step, comm=comm, head=head, head_optimizer=head_opt,
-                                           trainer_state={"engine": engine.state_dict(), "step": step,
-                                                          "samples_seen": samples_seen},
+                                           trainer_state=TrainerState(engine=engine.state_dict(), step=step,
+                                                                      samples_seen=samples_seen),
                                            meta_extra=fingerprint, keep_last=cfg.train.keep_last, logger=log, device=device)
                 if step >= last_steps:
                     break

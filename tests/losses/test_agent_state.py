@@ -13,7 +13,7 @@ import torch
 from partial_fc.comm import SingleProcess, make_collectives
 from partial_fc.losses import CContrastiveLoss, CTripletLoss
 from partial_fc.optim import RowSparseSGD
-from partial_fc.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from partial_fc.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tests.distributed import run_ranks
 
 C, D, B = 7, 4, 6  # 7 agents: uneven shards at 2 ranks

@@ -16,8 +16,8 @@ import yaml
 from partial_fc.comm.local import free_port
 from partial_fc.config import from_dict, load_yaml
 from partial_fc.config.train import TrainConfig
-from partial_fc.train.checkpoint import latest_checkpoint
-from partial_fc.train.checkpoint_files import safe_load
+from partial_fc.checkpoint import latest_checkpoint
+from partial_fc.checkpoint.files import safe_load
 from partial_fc.train.trainer import plan, train
 from tests.tiny_run import tiny_config as config
 

@@ -15,8 +15,8 @@ import yaml
 from partial_fc.config import from_dict
 from partial_fc.config.errors import ConfigError
 from partial_fc.config.train import TrainConfig
-from partial_fc.train.checkpoint import latest_checkpoint, read_meta
-from partial_fc.train.checkpoint_files import safe_load
+from partial_fc.checkpoint import latest_checkpoint, read_meta
+from partial_fc.checkpoint.files import safe_load
 from partial_fc.train.trainer import train
 from tests.tiny_run import tiny_config
 

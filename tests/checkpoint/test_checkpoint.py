@@ -16,9 +16,9 @@ import torch
 from partial_fc import PartialFC
 from partial_fc.comm import SingleProcess, make_collectives
 from partial_fc.optim import RowSparseAdamW, RowSparseSGD
-from partial_fc.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, read_meta, save_checkpoint
-from partial_fc.train.checkpoint_files import sha256_of
-from partial_fc.train.reshard import assemble_rows, overlaps
+from partial_fc.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, read_meta, save_checkpoint
+from partial_fc.checkpoint.files import sha256_of
+from partial_fc.checkpoint.reshard import assemble_rows, overlaps
 from tests.distributed import run_ranks
 
 C, D = 103, 8  # 103 classes: uneven shards at world sizes 2, 3 and 4

@@ -3,12 +3,14 @@
 Only plain data goes in (tensors, numbers, strings, lists, tuples, dicts), checked before the
 write, so every file loads with ``torch.load(weights_only=True)``: no pickled object is ever
 executed. Each file's size and SHA-256 go into ``meta.json``; a reader checks the size before any
-long work and the hash while reading, and names the file when either is wrong.
+long work and the hash while reading, and names the file when either is wrong. A write that
+runs out of space is one line saying so and where (see ``space.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import zipfile
 from collections import OrderedDict
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from partial_fc.checkpoint.space import out_of_space
 
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.device, torch.Size)
 _HASH_BLOCK_BYTES = 16 << 20
@@ -50,11 +54,30 @@ def sha256_of(path: Path) -> str:
 def save_file(obj: Any, path: Path, *, what: str) -> dict[str, Any]:
     """Write ``obj`` to ``path`` durably; returns {"size": bytes, "sha256": hex}."""
     check_plain(obj, what)
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    with out_of_space(path, what=what):
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
     return {"size": path.stat().st_size, "sha256": sha256_of(path)}
+
+
+def save_json(data: dict[str, Any], path: Path, *, what: str) -> None:
+    """Write ``data`` as indented, key-sorted JSON to ``path`` durably."""
+    with out_of_space(path, what=what):
+        with open(path, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def check_present(path: Path, record: dict[str, Any]) -> None:
