@@ -10,6 +10,7 @@ import pytest
 
 from partial_fc.data.loaders.stream import build_stream_loader
 from partial_fc.data.loaders.config import TrainLoaderConfig
+from partial_fc.data.loaders.shard_check import DataError
 from tests.data.helpers import jpeg, write_shards
 
 
@@ -66,7 +67,7 @@ def test_no_readable_shard_is_an_error_not_a_hang(tmp_path: Path) -> None:
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"\0" * 10 + b"garbage" * 100)
     loader = build_stream_loader(_config([str(junk), str(tmp_path / "missing.tar")]), rank=0, world_size=1)
-    with pytest.raises(RuntimeError, match="shards in a row gave no sample"):
+    with pytest.raises(DataError, match="shards in a row gave no sample"):
         list(loader)
     assert loader.stats.batches == 0
 
@@ -83,5 +84,5 @@ def test_only_corrupt_samples_is_an_error_not_a_hang(tmp_path: Path) -> None:
     members = [m for k in range(5) for m in ((f"{k}.jpg", b"not a jpeg"), (f"{k}.cls", b"1"))]
     shard = _raw_shard(tmp_path / "bad.tar", members)
     loader = build_stream_loader(_config([shard], max_corrupt_in_a_row=20), rank=0, world_size=1)
-    with pytest.raises(RuntimeError, match="21 samples in a row failed to decode"):
+    with pytest.raises(DataError, match="21 samples in a row failed to decode"):
         list(loader)

@@ -19,6 +19,7 @@ from partial_fc.data.loaders.identity import IdentityBatchLoader
 from partial_fc.data.formats.images import decode_rgb
 from partial_fc.data.loaders.stream import StreamLoader
 from partial_fc.data.loaders.config import TrainLoaderConfig
+from partial_fc.data.loaders.shard_check import DataError
 from partial_fc.data.formats.shards import ShardWriter
 from partial_fc.data.loaders.worker_stream import to_float_chw
 from tests.data.helpers import jpeg
@@ -167,10 +168,10 @@ def test_corrupt_jpeg_is_replaced_by_its_identity_and_counted(tmp_path: Path) ->
 def test_identity_without_a_decodable_image_raises(tmp_path: Path) -> None:
     out = _identity_shards(tmp_path, {i: b"\xff\xd8 not a jpeg" for i in range(4, 8)})  # all of identity 1
     loader = IdentityBatchLoader(_config_for(out), images_per_identity=K, rank=0, world_size=1)
-    with pytest.raises(RuntimeError, match="identity 1 has no decodable image: all 4"):
+    with pytest.raises(DataError, match="identity 1 has no decodable image: all 4"):
         list(loader)
     strict = IdentityBatchLoader(_config_for(out, max_corrupt_in_a_row=2), images_per_identity=K, rank=0, world_size=1)
-    with pytest.raises(RuntimeError, match="3 samples in a row failed.*max_corrupt_in_a_row = 2"):
+    with pytest.raises(DataError, match="3 samples in a row failed.*max_corrupt_in_a_row = 2"):
         list(strict)
 
 

@@ -1,5 +1,13 @@
 """JPEG decoding and encoding: simplejpeg (libjpeg-turbo) first, PIL as the fallback for what
-it refuses (CMYK, progressive oddities, PNG and friends)."""
+it refuses (PNG and friends, JPEG features libjpeg-turbo cannot decode).
+
+A libjpeg *warning* ("Corrupt JPEG data: premature end of data segment", "Premature end of JPEG
+file", "N extraneous bytes before marker") means damaged data: libjpeg fills the rest of the
+image with grey or garbage and carries on, and so does PIL, which ignores the warnings. Such a
+JPEG is corrupt here, never handed to PIL. Damage that leaves a valid entropy-coded stream (a
+flipped bit inside a Huffman code that still decodes) gives no warning: no decoder can see it,
+JPEG has no checksum.
+"""
 
 from __future__ import annotations
 
@@ -27,14 +35,24 @@ def decode_rgb(data: bytes) -> np.ndarray:
     """
     if is_jpeg(data):
         try:
-            return simplejpeg.decode_jpeg(data, colorspace="RGB")
-        except (ValueError, RuntimeError):
-            pass  # fall through to PIL, which handles CMYK and some damaged files
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")  # strict: warnings raise
+        except (ValueError, RuntimeError) as strict_error:
+            if _decodes_leniently(data):  # only a warning stopped it: the data is damaged
+                raise CorruptImageError(f"damaged JPEG ({len(data)} bytes): {strict_error}") from None
+            # a fatal libjpeg error: maybe a JPEG variant PIL reads; PIL decides below
     try:
         with Image.open(io.BytesIO(data)) as image:
             return np.asarray(image.convert("RGB"))
     except Exception as exc:  # PIL raises many unrelated types for bad input
         raise CorruptImageError(f"cannot decode {len(data)} bytes as an image: {exc}") from exc
+
+
+def _decodes_leniently(data: bytes) -> bool:
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False)
+    except (ValueError, RuntimeError):
+        return False
+    return True
 
 
 def encode_jpeg(image: np.ndarray, *, quality: int = 95) -> bytes:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from partial_fc.data.formats.images import as_jpeg, is_jpeg
+from partial_fc.data.formats.images import CorruptImageError, as_jpeg, decode_rgb, is_jpeg
 from partial_fc.data.formats.pairs import PairSet
-from partial_fc.data.formats.safe_unpickle import restricted_load
+from partial_fc.data.formats.safe_unpickle import UnsafePickleError, restricted_load
 
 
 def _element(item: object, k: int, path: Path) -> bytes | np.ndarray:
@@ -31,10 +31,43 @@ def _element(item: object, k: int, path: Path) -> bytes | np.ndarray:
     raise ValueError(f"{path}: image {k} is {what}; expected bytes or a uint8 array (encoded, HWC or CHW)")
 
 
+def _unpickle(path: Path) -> object:
+    """The pickled object, or a ValueError naming ``path`` and what is wrong with the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            return restricted_load(f, encoding="bytes")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except UnsafePickleError as err:
+        raise UnsafePickleError(f"{path}: {err}") from None
+    except MemoryError:
+        raise
+    except Exception as err:  # the unpickler raises many types on junk; all mean "not a .bin"
+        if size == 0:
+            raise ValueError(f"{path} is empty (0 bytes); expected a pickled InsightFace verification set") from None
+        truncated = isinstance(err, EOFError) or "truncated" in str(err)
+        what = f"ends early after {size} bytes (truncated?)" if truncated else "is not a pickle"
+        raise ValueError(f"{path} {what}: {type(err).__name__}: {err}; expected a pickled (bins, issame_list) pair "
+                         "as InsightFace writes them") from None
+
+
+def check_decodes(pairs: PairSet, path: str | Path) -> None:
+    """Decode every encoded image of ``pairs`` (read from ``path``) and raise a ValueError naming
+    the file and the first image that does not decode. A converter calls it so that a damaged
+    set fails at conversion, not at the first evaluation."""
+    if isinstance(pairs.images, np.ndarray):
+        return  # raw pixels: nothing to decode
+    for k, data in enumerate(pairs.images):
+        try:
+            decode_rgb(data)
+        except CorruptImageError as err:
+            raise ValueError(f"{path}: image {k} (pair {k // 2}) does not decode: {err}") from None
+
+
 def read_insightface_bin(path: str | Path) -> PairSet:
     path = Path(path)
-    with open(path, "rb") as f:
-        loaded = restricted_load(f, encoding="bytes")
+    loaded = _unpickle(path)
     if not (isinstance(loaded, tuple | list) and len(loaded) == 2):
         raise ValueError(f"{path}: expected a pickled (bins, issame_list) pair, got {type(loaded).__name__}")
     bins, issame_list = loaded
@@ -47,8 +80,6 @@ def read_insightface_bin(path: str | Path) -> PairSet:
         # Non-JPEG encodings (PNG) are re-encoded so the pair file holds only JPEG.
         images: list[bytes] | np.ndarray = [e if is_jpeg(e) else as_jpeg(e) for e in elements]  # type: ignore[arg-type]
     else:
-        from partial_fc.data.formats.images import decode_rgb
-
         arrays = [e if isinstance(e, np.ndarray) else decode_rgb(e) for e in elements]
         shapes = {a.shape for a in arrays}
         if len(shapes) != 1:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from partial_fc.util.atomic import write_atomic
-from partial_fc.data.formats.images import decode_rgb
+from partial_fc.data.formats.images import CorruptImageError, decode_rgb
 
 PAIRS_FORMAT = "partial-fc-pairs"
 PAIRS_VERSION = 1
@@ -58,7 +58,13 @@ class PairSet:
     def image(self, k: int) -> np.ndarray:
         """Image k decoded to (H, W, 3) uint8 RGB."""
         item = self.images[k]
-        return item if isinstance(item, np.ndarray) else decode_rgb(item)
+        if isinstance(item, np.ndarray):
+            return item
+        try:
+            return decode_rgb(item)
+        except CorruptImageError as err:
+            source = self.meta.get("file", self.name)
+            raise CorruptImageError(f"{source}: image {k} (pair {k // 2}) does not decode: {err}") from None
 
 
 def save_pairs(path: str | Path, pairs: PairSet) -> Path:

@@ -22,8 +22,9 @@ except ImportError:  # numpy 1.x
     from numpy.core import numeric as _numeric  # type: ignore[no-redef]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle reached for a global outside the allow-list."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """The pickle reached for a global outside the allow-list. A ValueError too: it is bad input,
+    reported as one line like every other."""
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:

@@ -29,7 +29,9 @@ def check_num_workers(num_workers: int) -> None:
 @dataclass(frozen=True)
 class TrainLoaderConfig:
     """``batch_size`` is per rank. ``steps_per_epoch`` batches come out of every rank each
-    epoch; when None it is num_samples // (batch_size * world_size) (at least 1)."""
+    epoch; when None it is num_samples // (batch_size * world_size) (at least 1).
+    ``shard_samples`` / ``shard_bytes``: what the manifest records for each shard (from_manifest
+    sets them), so that missing, truncated or emptied shards are found and named before reading."""
 
     shards: tuple[str, ...]
     batch_size: int
@@ -50,6 +52,8 @@ class TrainLoaderConfig:
     # Skipping is for the odd bad sample; this many failures in a row (not a decodable image
     # among them) means the data is not what it should be, and the worker raises.
     max_corrupt_in_a_row: int = 1000
+    shard_samples: tuple[int, ...] | None = None
+    shard_bytes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -77,6 +81,10 @@ class TrainLoaderConfig:
         need(self.shuffle_buffer >= 1, f"data.shuffle_buffer must be >= 1 (1 = no shuffling), got {self.shuffle_buffer}")
         need(self.prefetch_factor >= 1, f"data.prefetch_factor must be >= 1, got {self.prefetch_factor}")
         need(self.max_corrupt_in_a_row >= 1, f"data.max_corrupt_in_a_row must be >= 1, got {self.max_corrupt_in_a_row}")
+        for name in ("shard_samples", "shard_bytes"):
+            value = getattr(self, name)
+            need(value is None or len(value) == len(self.shards),
+                 f"{name} has {len(value or ())} entries for {len(self.shards)} shards; give one per shard or None")
         methods = (None, "fork", "spawn", "forkserver")
         need(
             self.worker_start_method in methods,
@@ -93,6 +101,8 @@ class TrainLoaderConfig:
             "shards": tuple(manifest.shard_paths(root)),
             "num_classes": manifest.num_classes,
             "num_samples": manifest.num_samples,
+            "shard_samples": tuple(s.num_samples for s in manifest.shards),
+            "shard_bytes": tuple(s.num_bytes for s in manifest.shards),
         }
         return cls(**{**base, **overrides})
 

@@ -39,6 +39,7 @@ from partial_fc.data.loaders.identity_sampler import IdentityBalancedSampler
 from partial_fc.data.formats.images import CorruptImageError, decode_rgb
 from partial_fc.data.loaders.stream import EpochLoader
 from partial_fc.data.loaders.config import TrainLoaderConfig
+from partial_fc.data.loaders.shard_check import DataError
 from partial_fc.data.loaders.stats import COUNTS
 from partial_fc.data.seeding import rng_for
 from partial_fc.data.formats.tar_index import SampleIndex, build_index, load_or_build_index
@@ -91,14 +92,23 @@ class _IdentityBatches(Dataset):
     def __len__(self) -> int:
         return self.steps
 
-    def __getitem__(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, t: int) -> tuple:
+        """``(images, labels, counts, (), "")``, or ``(None, None, counts, (), message)`` for a
+        DataError (raised by the loader in the training process, as one line)."""
+        counts = dict.fromkeys(COUNTS, 0)
+        try:
+            images, labels = self._batch(t, counts)
+        except DataError as err:
+            return None, None, torch.tensor([counts[n] for n in COUNTS], dtype=torch.int64), (), str(err)
+        return images, labels, torch.tensor([counts[n] for n in COUNTS], dtype=torch.int64), (), ""
+
+    def _batch(self, t: int, counts: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, k = self.config, self.sampler.k
         sampler_pass, step = divmod(self.epoch * self.steps + t, len(self.sampler))
         samples = self.sampler.batch(step, epoch=sampler_pass)
         size = cfg.image_size
         images = np.empty((len(samples), size, size, 3), dtype=np.uint8)
         labels = self.index.label[samples]
-        counts = dict.fromkeys(COUNTS, 0)
         for first in range(0, len(samples), k):
             identity = int(labels[first])
             flips = np.zeros(k, bool)
@@ -107,7 +117,7 @@ class _IdentityBatches(Dataset):
             for j in range(k):
                 image = self._image_or_replacement(samples[first + j], identity, sampler_pass, j, counts)
                 images[first + j] = image[:, ::-1] if flips[j] else image
-        return to_float_chw(images), torch.from_numpy(labels), torch.tensor([counts[n] for n in COUNTS], dtype=torch.int64)
+        return to_float_chw(images), torch.from_numpy(labels)
 
     def _image_or_replacement(self, i: int, identity: int, sampler_pass: int, slot: int,
                               counts: dict[str, int]) -> np.ndarray:
@@ -124,11 +134,11 @@ class _IdentityBatches(Dataset):
                 return image
             failures += 1
             if failures > limit:  # as the streaming loader: skipping is for the odd bad sample
-                raise RuntimeError(
+                raise DataError(
                     f"{failures} samples in a row failed to read or decode (last: {self.index.describe(int(other))}; "
                     f"data.max_corrupt_in_a_row = {limit}); are these image shards?"
                 )
-        raise RuntimeError(
+        raise DataError(
             f"identity {identity} has no decodable image: all {len(members)} of its samples failed to read or decode "
             f"(first: {self.index.describe(i)})"
         )
@@ -168,7 +178,7 @@ def _check_labels(index: SampleIndex, num_classes: int | None) -> None:
     if bad.any():
         i = int(np.argmax(bad))
         # Not corruption but a data/config mismatch: silently training on it is worse.
-        raise ValueError(
+        raise DataError(
             f"label {int(index.label[i])} of sample {index.describe(i)} is outside [0, {num_classes}); "
             "do the shards belong to this manifest?"
         )
@@ -190,8 +200,9 @@ class IdentityBatchLoader(EpochLoader):
                 f"P identities x {k} images; set batch_size to a multiple of {k}"
             )
         self.index = index_for(config.shards)
+        self._count_short_shards()
         if len(self.index) == 0:
-            raise ValueError(
+            raise DataError(
                 f"no sample could be indexed in {len(config.shards)} shards (skipped: {self.index.skipped}); "
                 "are the shard paths right and the files readable tar archives?"
             )
@@ -203,6 +214,18 @@ class IdentityBatchLoader(EpochLoader):
                                                world_size=world_size, seed=config.seed,
                                                small_identities=small_identities)
         self._files = _ShardFiles(self.index.shard_paths)
+
+    def _count_short_shards(self) -> None:
+        """Shards that index fewer samples than the manifest lists, beyond those found short by
+        size (stats): counted and named now, before any batch (the index read every header)."""
+        expected = self.config.shard_samples
+        if expected is None:
+            return
+        indexed = np.bincount(self.index.shard, minlength=len(self.config.shards))
+        for s, path in enumerate(self.config.shards):
+            if indexed[s] < expected[s] and path not in self.stats.problems and s in self.present:
+                self.stats.shard_ended_short(path, read=int(indexed[s]), expected=expected[s],
+                                             error="in the tar index", rank=self.rank, warn=self.rank == 0)
 
     def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # random access: the skipped batches are never read

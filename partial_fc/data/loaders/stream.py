@@ -6,8 +6,14 @@
         loader.set_epoch(epoch)
         for images, labels in loader:      # (B, 3, S, S) float32 in [-1, 1], (B,) int64
             ...
-        log(loader.stats.as_dict())        # corrupt samples skipped, read errors, ...
+        log(loader.stats.as_dict())        # corrupt samples skipped, read errors, shards lost, ...
     batches = loader.iterate(skip)         # resume mid-epoch: batches skip, skip + 1, ...
+
+Nothing bad vanishes: shards missing or damaged against the manifest are named when the loader
+is built (shard_check.py), a shard that ends before its manifest count while read is named when
+found, a sample that does not decode is skipped and counted; all of it is in ``stats``. What
+training cannot go on with (a label outside the class range, nothing readable) is a DataError,
+one line raised in the training process even when a worker found it.
 
 Every rank yields exactly ``len(loader)`` batches per epoch whatever the shard count or sizes,
 so collectives in the training step never wait on a rank whose data ran out. The data a
@@ -24,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from partial_fc.data.loaders.config import TrainLoaderConfig
+from partial_fc.data.loaders.shard_check import DataError, check_shards, report_shards
 from partial_fc.data.loaders.stats import LoaderStats
 from partial_fc.data.loaders.worker_stream import ShardStream
 
@@ -48,7 +55,10 @@ class EpochLoader:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self.config, self.rank, self.world_size, self.epoch = config, rank, world_size, epoch
         self.steps = config.steps_for(world_size)
-        self.stats = LoaderStats()
+        check = check_shards(config.shards, samples=config.shard_samples, sizes=config.shard_bytes)
+        report_shards(check, config.shards, rank=rank)
+        self.present = check.present  # indices into config.shards of the shards that exist
+        self.stats = LoaderStats.from_check(check)
         self.pin_memory = torch.cuda.is_available() if config.pin_memory is None else config.pin_memory
 
     def __len__(self) -> int:
@@ -74,8 +84,10 @@ class EpochLoader:
 
     def _read(self, dataset: torch.utils.data.Dataset, *, drop: int = 0,
               sampler: range | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Whole batches of ``dataset`` (items are ``(images, labels, skip counts)``) through the
-        workers; the first ``drop`` are read and counted but not yielded. Advances the epoch."""
+        """Whole batches of ``dataset`` through the workers; the first ``drop`` are read and counted
+        but not yielded. Advances the epoch. Items are ``(images, labels, counts, short shards,
+        error)``: counts as in stats.COUNTS, short shards as ``(path, read, expected, error)``, and
+        an error message (images None) for a DataError found in a worker, raised here."""
         cfg, workers = self.config, self.config.num_workers
         loader = DataLoader(
             dataset,
@@ -88,10 +100,18 @@ class EpochLoader:
             persistent_workers=False,  # workers must see the new epoch
             multiprocessing_context=cfg.worker_start_method if workers > 0 else None,
         )
-        for position, (images, labels, counts) in enumerate(loader):
-            self.stats.add_batch(len(labels), counts.tolist())
+        position = 0
+        for images, labels, counts, short, error in loader:
+            self.stats.add_counts(counts.tolist())
+            for path, read, expected, cause in short:
+                self.stats.shard_ended_short(path, read=read, expected=expected, error=cause, rank=self.rank)
+            if error:
+                raise DataError(error)
+            self.stats.batches += 1
+            self.stats.samples += len(labels)
             if position >= drop:
                 yield images, labels
+            position += 1
         self.epoch += 1
 
 
@@ -99,9 +119,9 @@ class StreamLoader(EpochLoader):
     def __init__(self, config: TrainLoaderConfig, *, rank: int, world_size: int, epoch: int = 0) -> None:
         super().__init__(config, rank=rank, world_size=world_size, epoch=epoch)
         streams = world_size * max(config.num_workers, 1)
-        if len(config.shards) < streams:
+        if len(self.present) < streams:
             warnings.warn(
-                f"{len(config.shards)} shards for {streams} reading streams ({world_size} ranks x "
+                f"{len(self.present)} shards for {streams} reading streams ({world_size} ranks x "
                 f"{max(config.num_workers, 1)} workers): streams will read the same shards at the same "
                 "time and batches will repeat samples more than a shuffled pass would; write smaller shards",
                 stacklevel=2,
@@ -110,7 +130,8 @@ class StreamLoader(EpochLoader):
     def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # The stream is sequential: the skipped batches are still read and decoded, then dropped
         # (``stats`` counts them too, they were read).
-        dataset = ShardStream(self.config, rank=self.rank, world_size=self.world_size, epoch=self.epoch, steps=self.steps)
+        dataset = ShardStream(self.config, rank=self.rank, world_size=self.world_size, epoch=self.epoch,
+                              steps=self.steps, present=tuple(self.present))
         yield from self._read(dataset, drop=start)
 
 
