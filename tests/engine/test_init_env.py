@@ -1,10 +1,11 @@
-"""partial_fc.comm.init: environment parsing, with no processes started."""
+"""partial_fc.comm.process_group: environment parsing, the collective timeout, and a rank whose peer dies."""
 
 from __future__ import annotations
 
 import pytest
 
-from partial_fc.comm.init import cleanup, expand_nodelist, init_distributed, port_from_job_id, read_env
+from partial_fc.comm.process_group import (DEFAULT_TIMEOUT_S, TIMEOUT_ENV, cleanup, expand_nodelist, init_distributed,
+                                          port_from_job_id, read_env, timeout_from_env)
 
 TORCHRUN = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
 SLURM = {"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1",
@@ -95,3 +96,62 @@ def test_init_without_launcher_initialises_nothing(monkeypatch):
     info = init_distributed()
     assert not info.is_distributed and not dist.is_initialized()
     cleanup()  # a no-op without a group
+
+
+def test_timeout_from_env():
+    assert timeout_from_env({}) == DEFAULT_TIMEOUT_S == 600.0
+    assert timeout_from_env({TIMEOUT_ENV: "42.5"}) == 42.5
+    for bad in ("soon", "0", "-3", "inf"):
+        with pytest.raises(ValueError, match=f"PARTIAL_FC_DIST_TIMEOUT_S='{bad}' must be a number of seconds > 0"):
+            timeout_from_env({TIMEOUT_ENV: bad})
+
+
+# Two torchrun-style ranks (the environment init_distributed reads); rank 1 then dies or freezes.
+_PEER = """
+import os, signal, sys, time
+import torch, torch.distributed as dist
+from partial_fc.comm.process_group import init_distributed
+info = init_distributed()
+dist.all_reduce(torch.ones(1))
+if info.rank == 1:
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+t0 = time.monotonic()
+try:
+    dist.all_reduce(torch.ones(1))
+except RuntimeError as err:
+    print(f"{time.monotonic() - t0:.2f} {err}".splitlines()[0], flush=True)
+    os._exit(1)
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+def test_rank_whose_peer_is_gone_exits_within_the_timeout(how, tmp_path):
+    """SIGKILL: the peer's sockets close and gloo fails at once, naming the peer's address.
+    SIGSTOP (a frozen process, as a node whose network died): only the timeout ends the wait,
+    5 s here through PARTIAL_FC_DIST_TIMEOUT_S."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from partial_fc.comm.local import free_port
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           TIMEOUT_ENV: "5", "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _PEER, how], cwd=repo, stdout=subprocess.PIPE, text=True,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
+    try:
+        out, _ = procs[0].communicate(timeout=120)  # start-up included; a hang would be the 600 s default or more
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert procs[0].returncode == 1, out
+    waited, message = out.split(" ", 1)
+    if how == "SIGKILL":
+        assert float(waited) < 5 and "127.0.0.1" in message and "peer" in message
+    else:
+        # gloo's own timer: 5 s, plus scheduling on a loaded machine
+        assert 4.5 < float(waited) < 20 and "Timed out waiting 5000ms" in message

@@ -14,6 +14,15 @@ Which environment is read:
   MASTER_PORT is the env value if set, else derived from SLURM_JOB_ID.
 - neither: one process, no process group. A bare allocation (salloc, or a batch script before
   srun) sets only job-level variables such as SLURM_JOB_NODELIST and counts as "neither".
+
+How long a rank waits for its peers: every collective (and the rendezvous) gives up after
+``PARTIAL_FC_DIST_TIMEOUT_S`` seconds, default 600 (10 min, torch's own default for NCCL; torch
+gives gloo 30 min). A rank whose peer died then raises instead of waiting for ever. On gloo a
+peer that dies on a live host closes its sockets and the survivors fail at their next
+collective within a second ("Connection closed by peer [addr]:port"); the timeout is what ends
+the wait when a whole node vanishes, or with NCCL, whose watchdog aborts the communicator
+after the timeout. Raise it if rank 0 alone does something longer than that between two
+collectives (building the tar index of a very large data set, a slow checkpoint file system).
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELI
 _TORCHRUN_TRIGGERS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")  # MASTER_* may be exported for srun too
 _SLURM_TRIGGERS = ("SLURM_PROCID", "SLURM_LOCALID")  # task-level: set by srun, not by salloc
 _PORT_BASE, _PORT_SPAN = 20000, 20000  # SLURM_JOB_ID -> [20000, 40000), below the ephemeral range
+TIMEOUT_ENV = "PARTIAL_FC_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -51,10 +62,6 @@ class DistInfo:
     @property
     def is_distributed(self) -> bool:
         return self.source != "single"
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
     @property
     def device(self) -> torch.device:
@@ -183,14 +190,30 @@ def _checked(info: DistInfo) -> DistInfo:
     return info
 
 
-def init_distributed(backend: str | None = None, timeout_s: float = 1800) -> DistInfo:
+def timeout_from_env(env: Mapping[str, str]) -> float:
+    """Seconds a collective may wait for its peers: PARTIAL_FC_DIST_TIMEOUT_S, else 600."""
+    text = env.get(TIMEOUT_ENV)
+    if text is None:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"environment variable {TIMEOUT_ENV}={text!r} must be a number of seconds > 0")
+    return value
+
+
+def init_distributed(backend: str | None = None, timeout_s: float | None = None) -> DistInfo:
     """Initialise the default process group from the environment and return where we are.
 
     With neither a torchrun nor a SLURM task environment, returns a single-process ``DistInfo``
     and initialises nothing. ``backend`` defaults to nccl when CUDA is available, else gloo; with
-    CUDA the current device is set to LOCAL_RANK before the group is created.
+    CUDA the current device is set to LOCAL_RANK before the group is created. ``timeout_s``
+    (default: ``timeout_from_env``) bounds every collective's wait for a peer.
     """
     info = read_env(os.environ)
+    timeout_s = timeout_from_env(os.environ) if timeout_s is None else timeout_s
     if not info.is_distributed:
         return info
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
