@@ -70,7 +70,7 @@ def plan(cfg: TrainConfig, *, world_size: int) -> tuple[Plan, TrainLoaderConfig]
 
 def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
     """Run (or resume) training; returns the final metrics (the same dict on every rank)."""
-    from partial_fc.comm.init import cleanup, init_distributed
+    from partial_fc.comm.process_group import cleanup, init_distributed
     from partial_fc.engine import build_engine
     from partial_fc.engine.optim import OptimizerSpec
     from partial_fc.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
