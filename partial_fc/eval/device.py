@@ -1,4 +1,4 @@
-"""The ``--device`` option of eval and embed (export traces on the CPU and has none)."""
+"""The ``--device`` option of eval, embed and bench head (export traces on the CPU and has none)."""
 
 from __future__ import annotations
 
