@@ -442,3 +442,67 @@ def test_model_config_builds_the_backbone(tmp_path: Path) -> None:
     net = cfg.build()
     assert net.layer4[0].conv1.out_channels == 32 and net.dropout.p == 0.2
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 32)
+
+
+# ---- TrainConfig: each rule written once, where the value is used --------------------------
+
+
+def _train_cfg(tmp_path: Path, *overrides: str):  # type: ignore[no-untyped-def]
+    from partial_fc.config.train import TrainConfig
+
+    return load_yaml(write(tmp_path, "model: {name: iresnet_tiny, input_size: 32}\n"), TrainConfig, overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr=.inf", r"^optim\.lr must be a finite number, got inf$"),
+        ("optim.lr=.nan", r"^optim\.lr must be a finite number, got nan$"),
+        ("optim.betas=[0.9, .inf]", r"^optim\.betas must be a finite number, got \(0\.9, inf\)$"),
+        ("train.epochs=.inf", r"^train\.epochs must be a finite number, got inf$"),
+        ("schedule.warmup_epochs=.inf", r"^schedule\.warmup_epochs must be a finite number, got inf$"),
+        ("data.num_workers=1000", r"^data\.num_workers must be in \[0, 64\] \(DataLoader processes per rank; "),
+        ("model.input_size=7", r"^model\.input_size must be in \[16, 1024\] pixels, got 7$"),
+        ("head.sample_rate=0", r"^head\.sample_rate must be in \(0, 1\], got 0\.0$"),
+        ("train.zero_stage=2", r"^train\.zero_stage must be 1 with engine 'ddp' \(DDP has no ZeRO stages\), got 2"),
+    ],
+)
+def test_train_config_rejects_with_the_dotted_key(tmp_path: Path, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _train_cfg(tmp_path, override)
+
+
+def test_config_and_the_code_that_uses_a_value_share_one_check(tmp_path: Path) -> None:
+    from partial_fc.data.loaders.config import TrainLoaderConfig
+    from partial_fc.engine.stages import check_zero_stage
+    from partial_fc.head.checks import check_sample_rate
+    from partial_fc.head.partial_fc import PartialFC
+
+    # the head's own error and the config's differ only by the dotted key in front
+    with pytest.raises(ValueError, match=r"^sample_rate must be in \(0, 1\], got 1\.5$"):
+        check_sample_rate(1.5)
+    with pytest.raises(ValueError, match=r"sample_rate must be in \(0, 1\], got 1\.5$"):
+        PartialFC(10, 4, margin="arcface", sample_rate=1.5)
+    with pytest.raises(ConfigError, match=r"^head\.sample_rate must be in \(0, 1\], got 1\.5$"):
+        _train_cfg(tmp_path, "head.sample_rate=1.5")
+    with pytest.raises(ValueError, match=r"^zero_stage must be one of \[1, 2\] with engine 'deepspeed', got 3"):
+        check_zero_stage("deepspeed", 3)
+    with pytest.raises(ConfigError, match=r"^train\.zero_stage must be one of \[1, 2\] with engine 'deepspeed', got 3"):
+        _train_cfg(tmp_path, "train.engine=deepspeed", "train.zero_stage=3")
+    assert _train_cfg(tmp_path, "train.engine=deepspeed", "train.zero_stage=2").train.zero_stage == 2
+    # the loader names its own field; the training config names the one the user sets
+    with pytest.raises(ValueError, match=r"^data\.image_size must be in \[16, 1024\] pixels, got 7$"):
+        TrainLoaderConfig(shards=("a.tar",), batch_size=1, steps_per_epoch=1, image_size=7)
+    with pytest.raises(ValueError, match=r"^data\.num_workers must be in \[0, 64\]"):
+        TrainLoaderConfig(shards=("a.tar",), batch_size=1, steps_per_epoch=1, num_workers=65)
+
+
+def test_missing_config_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from partial_fc.cli import main
+
+    missing = tmp_path / "nope.yaml"
+    assert main(["train", "--config", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"partial-fc train: error: --config {missing} does not exist; give a YAML file (see configs/, e.g. configs/demo.yaml)\n"
+    assert main(["train", "--config", str(tmp_path)]) == 2
+    assert f"--config {tmp_path} is a directory" in capsys.readouterr().err

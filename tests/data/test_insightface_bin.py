@@ -127,3 +127,47 @@ def test_cli_convert_bin_writes_pair_file(tmp_path: Path) -> None:
     assert cli.run(args) == 0
     pairs = load_pairs(tmp_path / "out" / "lfw.pairs.npz")
     assert pairs.images == bins and pairs.issame.tolist() == [True, False]
+
+
+def _convert(src: Path, out: Path) -> int:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli.run(parser.parse_args(["convert", "--from", "bin", str(src), "--out", str(out)]))
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "not-a-pickle"])
+def test_unreadable_bin_is_one_line_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    whole = pickle.dumps((_jpegs(4), [True, False]), protocol=2)
+    body = {"truncated": whole[: len(whole) // 2], "empty": b"", "not-a-pickle": b"PK\x03\x04 a zip, not a pickle"}[kind]
+    path = tmp_path / "lfw.bin"
+    path.write_bytes(body)
+    expected = {"truncated": r"ends early after \d+ bytes \(truncated\?\)", "empty": r"is empty \(0 bytes\)",
+                "not-a-pickle": "is not a pickle"}[kind]
+    with pytest.raises(ValueError, match=f"^{path} {expected}"):
+        read_insightface_bin(path)
+    assert _convert(path, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and "Traceback" not in err
+
+
+def test_refused_pickle_is_a_value_error_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "evil.bin"
+    path.write_bytes(b"\x80\x02cos\nsystem\nU\x04trueb\x85R.")
+    with pytest.raises(ValueError, match=f"^{path}: refusing to load global os.system"):
+        read_insightface_bin(path)  # a ValueError: the CLI prints it as one line
+    assert _convert(path, tmp_path / "out") == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_bin_whose_jpegs_do_not_decode_fails_at_conversion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bins = _jpegs(4)
+    bins[3] = bins[3][:40] + bytes(len(bins[3]) - 42) + b"\xff\xd9"  # intact header, body zeroed
+    path = tmp_path / "agedb_30.bin"
+    path.write_bytes(pickle.dumps((bins, [True, False]), protocol=2))
+    assert _convert(path, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert f"{path}: image 3 (pair 1) does not decode" in err and err.count("\n") == 1
+    assert not (tmp_path / "out" / "agedb_30.pairs.npz").exists()
+    # read as is (train-time verification), the set names itself at the image that fails
+    with pytest.raises(ValueError, match=r"^agedb_30.bin: image 3 \(pair 1\) does not decode"):
+        read_insightface_bin(path).image(3)

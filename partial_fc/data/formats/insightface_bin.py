@@ -48,7 +48,8 @@ def _unpickle(path: Path) -> object:
             raise ValueError(f"{path} is empty (0 bytes); expected a pickled InsightFace verification set") from None
         truncated = isinstance(err, EOFError) or "truncated" in str(err)
         what = f"ends early after {size} bytes (truncated?)" if truncated else "is not a pickle"
-        raise ValueError(f"{path} {what}: {type(err).__name__}: {err}; expected a pickled (bins, issame_list) pair "
+        detail = " ".join(str(err).split())  # some unpickler messages span lines
+        raise ValueError(f"{path} {what}: {type(err).__name__}: {detail}; expected a pickled (bins, issame_list) pair "
                          "as InsightFace writes them") from None
 
 
