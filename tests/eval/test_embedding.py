@@ -11,7 +11,7 @@ from torch import nn
 from partial_fc.comm import ProcessGroupCollectives
 from partial_fc.data.formats.pairs import PairSet
 from partial_fc.eval.embedding import embed_images, embed_indexed
-from partial_fc.eval.model_eval import evaluate_pairs
+from partial_fc.eval.model_eval import evaluate_pairs, score_pairs
 from partial_fc.metrics.verification import flip_sum_normalize, verify_scores
 from tests.distributed import run_ranks
 
@@ -90,3 +90,9 @@ def test_ranks_embed_slices_and_agree_with_one_process() -> None:
         np.testing.assert_allclose(got["scores"], scores, rtol=0, atol=1e-5)
         assert got["accuracy"] == verify_scores(got["scores"], pairs.issame, n_folds=5).accuracy_mean
     assert all(np.array_equal(r["scores"], ranks[0]["scores"]) for r in ranks)  # identical on every rank
+
+
+def test_score_pairs_needs_two_rows_per_pair() -> None:
+    pairs = _pairs()
+    with pytest.raises(ValueError, match="t: 19 embeddings for 10 pairs, expected 20"):
+        score_pairs(np.ones((19, 4)), pairs)
