@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from partial_fc.comm import make_collectives
+from partial_fc.data.loaders.shard_check import DataWarning
 from partial_fc.data.loaders.stream import build_stream_loader
 from partial_fc.data.loaders.config import TrainLoaderConfig
 from partial_fc.data.loaders.shard_source import stream_shards
@@ -32,7 +34,10 @@ def _labels(loader) -> list[int]:  # type: ignore[no-untyped-def]
 
 
 def _rank_main(rank: int, world_size: int, shards: list[str]) -> dict:
-    loader = build_stream_loader(_config(shards), rank=rank, world_size=world_size)
+    missing = str(Path(shards[0]).parent / "missing.tar")  # left out, named, counted once
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        loader = build_stream_loader(_config([*shards, missing]), rank=rank, world_size=world_size)
     batches, labels = 0, []
     for images, y in loader:
         assert images.shape == (4, 3, 32, 32)
@@ -44,7 +49,8 @@ def _rank_main(rank: int, world_size: int, shards: list[str]) -> dict:
         labels += y.tolist()
     counts = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size)]
     dist.all_gather(counts, torch.tensor([batches]))
-    return {"batches": batches, "all_batches": [int(c) for c in counts], "labels": labels}
+    return {"batches": batches, "all_batches": [int(c) for c in counts], "labels": labels,
+            "stats": loader.stats.as_dict(), "summed": loader.stats.summed(make_collectives())}
 
 
 @pytest.mark.timeout(180)
@@ -54,6 +60,9 @@ def test_two_ranks_two_workers_equal_batches(tmp_path: Path) -> None:
     assert [r["batches"] for r in results] == [STEPS, STEPS]
     assert results[0]["all_batches"] == [STEPS, STEPS]
     assert results[0]["labels"] != results[1]["labels"]  # ranks read different data
+    for r in results:  # what each rank read is summed; what the data set lost (the same on each) is not
+        assert (r["summed"]["batches"], r["summed"]["samples"]) == (2 * STEPS, 2 * STEPS * 4)
+        assert r["stats"]["shards_missing"] == r["summed"]["shards_missing"] == 1
     # Deterministic: rank 0 rebuilt here, in another process, sees exactly the same stream.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

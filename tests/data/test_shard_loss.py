@@ -151,3 +151,4 @@ def test_identity_loader_names_a_label_outside_the_range_before_any_batch(tmp_pa
     root = _data_dir(tmp_path, label_of=lambda i: 500 if i == 13 else i % CLASSES)
     with pytest.raises(DataError, match=r"^label 500 of sample '000013' in .*train-000001.tar .*outside \[0, 8\)"):
         _loader(root, "identity")
+

@@ -39,7 +39,7 @@ from partial_fc.data.loaders.identity_sampler import IdentityBalancedSampler
 from partial_fc.data.formats.images import CorruptImageError, decode_rgb
 from partial_fc.data.loaders.stream import EpochLoader
 from partial_fc.data.loaders.config import TrainLoaderConfig
-from partial_fc.data.loaders.shard_check import DataError
+from partial_fc.data.loaders.shard_check import DataError, DataWarning
 from partial_fc.data.loaders.stats import COUNTS
 from partial_fc.data.seeding import rng_for
 from partial_fc.data.formats.tar_index import SampleIndex, build_index, load_or_build_index
@@ -207,8 +207,9 @@ class IdentityBatchLoader(EpochLoader):
                 "are the shard paths right and the files readable tar archives?"
             )
         lost = {reason: n for reason, n in self.index.skipped.items() if n}
-        if lost:
-            warnings.warn(f"tar index: {len(self.index)} samples indexed, skipped {lost}", stacklevel=2)
+        # with a manifest, the shards that lost samples are named against it instead
+        if lost and rank == 0 and config.shard_samples is None:  # the same index on every rank
+            warnings.warn(f"tar index: {len(self.index)} samples indexed, skipped {lost}", DataWarning, stacklevel=2)
         _check_labels(self.index, config.num_classes)
         self.sampler = IdentityBalancedSampler(self.index.label, p=config.batch_size // k, k=k, rank=rank,
                                                world_size=world_size, seed=config.seed,
