@@ -25,7 +25,6 @@ identity none of whose images decodes, or ``max_corrupt_in_a_row`` failures in a
 from __future__ import annotations
 
 import os
-import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +38,7 @@ from partial_fc.data.loaders.identity_sampler import IdentityBalancedSampler
 from partial_fc.data.formats.images import CorruptImageError, decode_rgb
 from partial_fc.data.loaders.stream import EpochLoader
 from partial_fc.data.loaders.config import TrainLoaderConfig
-from partial_fc.data.loaders.shard_check import DataError, DataWarning
+from partial_fc.data.loaders.shard_check import DataError, warn_data
 from partial_fc.data.loaders.stats import COUNTS
 from partial_fc.data.seeding import rng_for
 from partial_fc.data.formats.tar_index import SampleIndex, build_index, load_or_build_index
@@ -209,7 +208,7 @@ class IdentityBatchLoader(EpochLoader):
         lost = {reason: n for reason, n in self.index.skipped.items() if n}
         # with a manifest, the shards that lost samples are named against it instead
         if lost and rank == 0 and config.shard_samples is None:  # the same index on every rank
-            warnings.warn(f"tar index: {len(self.index)} samples indexed, skipped {lost}", DataWarning, stacklevel=2)
+            warn_data(f"tar index: {len(self.index)} samples indexed, skipped {lost}")
         _check_labels(self.index, config.num_classes)
         self.sampler = IdentityBalancedSampler(self.index.label, p=config.batch_size // k, k=k, rank=rank,
                                                world_size=world_size, seed=config.seed,

@@ -12,6 +12,7 @@ named. A run with nothing readable left is a DataError naming the first file.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -26,6 +27,15 @@ class DataError(ValueError):
 
 class DataWarning(UserWarning):
     """Data lost but skipped: missing or damaged shards (the run goes on)."""
+
+
+def warn_data(message: str) -> None:
+    """A DataWarning shown at the first caller outside this package (the trainer's line that
+    built or iterated the loader), whatever the depth of the loader's own calls."""
+    here, frame, level = os.path.dirname(__file__), sys._getframe(1), 2
+    while frame.f_back is not None and os.path.dirname(frame.f_code.co_filename) == here:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DataWarning, stacklevel=level)
 
 
 @dataclass
@@ -57,7 +67,7 @@ def check_shards(shards: tuple[str, ...], *, samples: tuple[int, ...] | None,
         expected = None if samples is None else samples[i]
         try:
             size = os.path.getsize(path)
-        except OSError as err:
+        except OSError:
             check.shards_missing += 1
             check.samples_lost += expected or 0
             check.problems[path] = "missing" + (f", {expected} samples lost" if expected is not None else "")
@@ -86,4 +96,4 @@ def report_shards(check: ShardCheck, shards: tuple[str, ...], *, rank: int) -> N
         first = next(iter(check.problems))
         raise DataError(f"no shard has a readable sample (first: {first}: {check.problems[first]})")
     if check.problems and rank == 0:
-        warnings.warn(f"data: {check.summary(len(shards))}", DataWarning, stacklevel=3)
+        warn_data(f"data: {check.summary(len(shards))}")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from partial_fc.data.loaders.shard_check import DataWarning, ShardCheck
+from partial_fc.data.loaders.shard_check import ShardCheck, warn_data
 
 # Order of the counts each worker sends along with a batch (a small int64 tensor).
 COUNTS = ("corrupt_samples", "read_errors", "resized")
@@ -59,7 +58,7 @@ class LoaderStats:
         self.shards_damaged += 1
         self.samples_lost += lost
         if warn:
-            warnings.warn(f"data: rank {rank}: {path}: {self.problems[path]}", DataWarning, stacklevel=3)
+            warn_data(f"data: rank {rank}: {path}: {self.problems[path]}")
 
     def as_dict(self) -> dict[str, int]:
         """Every counter, by name (``problems`` left out: names, not counts)."""
