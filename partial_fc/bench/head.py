@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optim-state", default="fp32", metavar="{fp32,bf16,int8}", help="storage of their optimizer state")
     parser.add_argument("--offload", default="none", metavar="{none,host,mmap}", help="where the class table lives")
     parser.add_argument("--find-max", metavar="MEMORY", help="find the largest --classes whose peak fits MEMORY per rank "
-                        "(e.g. 8GiB): the planner proposes, a run confirms; implies --no-baseline")
+                        "(e.g. 8GiB; on CUDA the allocator's peak, the context comes on top): the planner "
+                        "proposes, a run confirms; implies --no-baseline")
     parser.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH ('-': print only the JSON)")
 

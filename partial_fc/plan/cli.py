@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 
+from partial_fc.plan.advice import suggestions
 from partial_fc.plan.memory import DEFAULT_CHUNK_SIZE, OFFLOADS, OPTIM_STATES, OPTIMIZERS, STATE_DTYPES, Plan, \
     largest_classes, plan_memory
 from partial_fc.plan.units import format_bytes, parse_bytes
@@ -44,45 +45,12 @@ def _options(args: argparse.Namespace) -> dict:
                 chunk_size=args.chunk_size, device=args.device)
 
 
-def suggestions(plan: Plan, budget: int, options: dict) -> list[tuple[str, Plan]]:
-    """Single changes that make ``plan`` fit ``budget``, each with the plan it gives."""
-    out = []
-
-    def consider(label: str, **change) -> None:
-        p = plan_memory(classes=plan.classes, **{**options, **change})
-        if p.fits(budget):
-            out.append((label, p))
-
-    world = options["world_size"]
-    for more in (2 * world, 4 * world, 8 * world, 16 * world):
-        if more <= plan.classes:
-            before = len(out)
-            consider(f"--gpus {more}", world_size=more)
-            if len(out) > before:
-                break
-    if options["state_dtype"] == "fp32":
-        consider("--state-dtype bf16", state_dtype="bf16")
-    if options["state_dtype"] == "fp32" or options["optim_state"] == "fp32":
-        consider("--state-dtype bf16 --optim-state int8", state_dtype="bf16", optim_state="int8")
-    if options["offload"] == "none":
-        consider("--offload host", offload="host")
-    for rate in (0.1, 0.05, 0.02):
-        if rate < options["sample_rate"]:
-            before = len(out)
-            consider(f"--sample-rate {rate}", sample_rate=rate)
-            if len(out) > before:
-                break
-    if options["chunk_size"] > 8192:
-        consider("--chunk-size 8192 (smaller logit tiles, more recomputation)", chunk_size=8192)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     budget = parse_bytes(args.gpu_mem)
     options = _options(args)
     plan = plan_memory(classes=args.classes, **options)
     largest = largest_classes(budget, **options)
-    fixes = [] if plan.fits(budget) else suggestions(plan, budget, options)
+    fixes = [] if plan.fits(budget) else suggestions(plan, budget)
     doc = {"plan": dataclasses.asdict(plan), "total_bytes": plan.total_bytes, "budget_bytes": budget,
            "fits": plan.fits(budget), "largest_classes": largest,
            "suggestions": [{"change": label, "total_bytes": p.total_bytes} for label, p in fixes]}

@@ -59,6 +59,9 @@ class Plan:
     offload: str
     optim: str
     device: str
+    momentum: bool
+    subcenters: int
+    chunk_size: int
     sampled_rows: int
     bytes_per_class: float
     terms: dict[str, int] = field(default_factory=dict)
@@ -141,7 +144,7 @@ def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sam
         CUDA_RESERVE_BYTES if device == "cuda" else CPU_RUNTIME_BYTES)
     return Plan(classes=classes, dim=dim, world_size=world_size, batch_size=batch_size, sample_rate=sample_rate,
                 state_dtype=state_dtype, optim_state=optim_state, offload=offload, optim=optim, device=device,
-                sampled_rows=sampled, bytes_per_class=per_class, terms=terms,
+                momentum=momentum, subcenters=subcenters, chunk_size=chunk_size, sampled_rows=sampled, bytes_per_class=per_class, terms=terms,
                 host_bytes=table if offload == "host" else 0, disk_bytes=table if offload == "mmap" else 0)
 
 

@@ -115,3 +115,17 @@ def test_prediction_within_10_percent_of_bench_head(shape, tmp_path):
     # touches of the momentum buffer and the allocator's retained blocks move it by a few %.
     assert abs(planned / peak - 1) < 0.10, (planned / 2**20, peak / 2**20)
     assert report["summary"]["planned_vs_peak"] == pytest.approx(planned / peak, rel=1e-6)
+
+
+def test_require_fits_refuses_in_one_line_naming_the_fix():
+    from partial_fc.plan import require_fits, suggestions
+
+    plan = plan_memory(classes=300_000_000, dim=512, world_size=8, batch_size=128, sample_rate=0.1)
+    require_fits(plan_memory(classes=1000, dim=512, world_size=8, batch_size=128), 80 * GiB, where="cuda:0")
+    with pytest.raises(ValueError) as info:
+        require_fits(plan, 80 * GiB, where="cuda:0")
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("the head needs 151.71 GiB per rank for 300,000,000 classes but cuda:0 has 80.00 GiB")
+    assert "weights 71.53 GiB" in msg and "--offload host" in msg
+    for label, fixed in suggestions(plan, 80 * GiB):
+        assert fixed.fits(80 * GiB) and fixed.classes == plan.classes, label
