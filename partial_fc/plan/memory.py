@@ -81,8 +81,7 @@ def _check_choice(name: str, value: str, choices) -> None:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
 
 
-def sampled_rows_estimate(local_classes: int, *, global_batch: int, world_size: int, classes: int,
-                          sample_rate: float) -> int:
+def sampled_rows_estimate(local_classes: int, *, global_batch: int, classes: int, sample_rate: float) -> int:
     """Expected sampled classes S of a shard plus 3 standard deviations of the Bernoulli keep:
     the distinct positives of the global batch in this range plus r of the other classes."""
     if sample_rate >= 1.0:
@@ -119,8 +118,7 @@ def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sam
     k, f32 = subcenters, 4
     local = -(-classes // world_size)  # partial_fc.head.ranges: the first C mod N shards get one more
     big_b = batch_size * world_size
-    sampled = sampled_rows_estimate(local, global_batch=big_b, world_size=world_size, classes=classes,
-                                    sample_rate=sample_rate)
+    sampled = sampled_rows_estimate(local, global_batch=big_b, classes=classes, sample_rate=sample_rate)
     row_weight = dim * STATE_DTYPES[state_dtype]
     row_state = _optimizer_row_bytes(dim, optim=optim, momentum=momentum, optim_state=optim_state)
     per_class = k * (row_weight + row_state)
@@ -144,7 +142,8 @@ def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sam
         CUDA_RESERVE_BYTES if device == "cuda" else CPU_RUNTIME_BYTES)
     return Plan(classes=classes, dim=dim, world_size=world_size, batch_size=batch_size, sample_rate=sample_rate,
                 state_dtype=state_dtype, optim_state=optim_state, offload=offload, optim=optim, device=device,
-                momentum=momentum, subcenters=subcenters, chunk_size=chunk_size, sampled_rows=sampled, bytes_per_class=per_class, terms=terms,
+                momentum=momentum, subcenters=subcenters, chunk_size=chunk_size, sampled_rows=sampled,
+                bytes_per_class=per_class, terms=terms,
                 host_bytes=table if offload == "host" else 0, disk_bytes=table if offload == "mmap" else 0)
 
 
