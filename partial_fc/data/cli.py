@@ -58,8 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_convert(sub)
     p = sub.add_parser("baseline", help="raw-pixel verification accuracy of a pair file (.pairs.npz or .bin)")
     p.add_argument("pairs", type=Path)
-    p = sub.add_parser("info", help="summarise a shard directory's manifest")
+    p = sub.add_parser("info", help="summarise a shard directory's manifest (--check: verify the shards against it)")
     p.add_argument("data_dir", type=Path)
+    p.add_argument("--check", action="store_true",
+                   help="read every tar header: missing, short or damaged shards, labels out of range (exit 1 if any)")
+    p.add_argument("--decode", action="store_true", help="with --check, also decode every image (slow)")
 
 
 def _run_synth(args: argparse.Namespace) -> int:
@@ -147,7 +150,19 @@ def _run_info(args: argparse.Namespace) -> int:
           f"({min(sizes)}-{max(sizes)} samples each), source {m.source.get('kind')}")  # fmt: skip
     if m.skipped:
         print("skipped: " + ", ".join(f"{k}={v}" for k, v in m.skipped.items()))
-    return 0
+    if not args.check:
+        return 0
+    from partial_fc.data.loaders.shard_check import audit
+
+    found, shown = audit(str(args.data_dir), decode=args.decode), 10
+    for kind, lines in found.items():
+        for line in lines[:shown]:
+            print(f"problem: {line}")
+        if len(lines) > shown:
+            print(f"problem: ... and {len(lines) - shown} more {kind} problems")
+    counts = ", ".join(f"{len(lines)} {kind} problems" for kind, lines in found.items() if lines) or "no problem found"
+    print(f"check: {counts}{'' if args.decode else ' (images not decoded; --decode decodes them)'}")
+    return 1 if any(found.values()) else 0
 
 
 def run(args: argparse.Namespace) -> int:

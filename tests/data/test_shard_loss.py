@@ -152,3 +152,42 @@ def test_identity_loader_names_a_label_outside_the_range_before_any_batch(tmp_pa
     with pytest.raises(DataError, match=r"^label 500 of sample '000013' in .*train-000001.tar .*outside \[0, 8\)"):
         _loader(root, "identity")
 
+
+
+def _info_check(root: Path, *flags: str) -> int:
+    import argparse
+
+    from partial_fc.data import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli.run(parser.parse_args(["info", str(root), "--check", *flags]))
+
+
+def test_data_info_check_finds_everything_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clean = _data_dir(tmp_path / "clean")
+    assert _info_check(clean, "--decode") == 0
+    assert capsys.readouterr().out.endswith("check: no problem found\n")
+
+    root = _data_dir(tmp_path / "bad", label_of=lambda i: 500 if i == 13 else i % CLASSES)
+    os.truncate(root / "train-000002.tar", _member_offsets(root / "train-000002.tar")[10][0])  # 5 of 8 left
+    (root / "train-000003.tar").unlink()
+    shard = root / "train-000000.tar"  # sample 1's JPEG: intact header, the rest zeroed (same size)
+    _, data_at, name = _member_offsets(shard)[2]
+    assert name == "000001.jpg"
+    body = jpeg(1)
+    scan = body.index(b"\xff\xda") + 2 + int.from_bytes(body[body.index(b"\xff\xda") + 2:][:2], "big")
+    cut = (scan + len(body)) // 2  # midway through the entropy-coded data; the end marker kept
+    with open(shard, "r+b") as f:
+        f.seek(data_at + cut)
+        f.write(bytes(len(body) - cut - 2))
+    assert _info_check(root) == 1
+    out = capsys.readouterr().out
+    assert "train-000002.tar: " in out and "5 of 8 samples readable, 3 lost" in out
+    assert "train-000003.tar: missing, 8 samples lost" in out
+    assert "label 500 of sample '000013' in " in out
+    assert out.endswith("check: 2 shard problems, 1 label problems (images not decoded; --decode decodes them)\n")
+    assert _info_check(root, "--decode") == 1
+    out = capsys.readouterr().out
+    assert f"sample '000001' in {shard}" in out and "damaged JPEG" in out
+    assert out.endswith("check: 2 shard problems, 1 label problems, 1 image problems\n")

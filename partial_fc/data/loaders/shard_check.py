@@ -97,3 +97,41 @@ def report_shards(check: ShardCheck, shards: tuple[str, ...], *, rank: int) -> N
         raise DataError(f"no shard has a readable sample (first: {first}: {check.problems[first]})")
     if check.problems and rank == 0:
         warn_data(f"data: {check.summary(len(shards))}")
+
+
+def audit(data_dir: str, *, decode: bool = False) -> dict[str, list[str]]:
+    """Everything wrong with a data directory against its manifest, one line each, by kind
+    ("shard", "label", "image"): missing and damaged shards, shards holding fewer samples than
+    listed, labels outside [0, num_classes), and with ``decode`` images that do not decode
+    (libjpeg warnings included). Reads every tar header (the cached tar index) and, with
+    ``decode``, every image: what the loaders otherwise find only when they reach it."""
+    import numpy as np
+
+    from partial_fc.data.formats.images import CorruptImageError, decode_rgb
+    from partial_fc.data.formats.manifest import load_manifest
+    from partial_fc.data.formats.tar_index import load_or_build_index
+
+    manifest = load_manifest(data_dir)
+    shards = tuple(manifest.shard_paths(data_dir))
+    check = check_shards(shards, samples=tuple(s.num_samples for s in manifest.shards),
+                         sizes=tuple(s.num_bytes for s in manifest.shards))
+    found: dict[str, list[str]] = {"shard": [f"{p}: {why}" for p, why in check.problems.items()],
+                                   "label": [], "image": []}
+    index = load_or_build_index(data_dir, [shards[i] for i in check.present])
+    indexed = np.bincount(index.shard, minlength=len(check.present))
+    for s, i in enumerate(check.present):
+        if shards[i] not in check.problems and indexed[s] < manifest.shards[i].num_samples:
+            found["shard"].append(f"{shards[i]}: {indexed[s]} of {manifest.shards[i].num_samples} samples readable")
+    for row in np.flatnonzero((index.label < 0) | (index.label >= manifest.num_classes)):
+        found["label"].append(f"label {int(index.label[row])} of sample {index.describe(int(row))} is outside "
+                              f"[0, {manifest.num_classes})")
+    if decode:
+        for row in range(len(index)):
+            with open(index.shard_paths[int(index.shard[row])], "rb") as f:
+                f.seek(int(index.offset[row]))
+                data = f.read(int(index.size[row]))
+            try:
+                decode_rgb(data)
+            except CorruptImageError as err:
+                found["image"].append(f"sample {index.describe(row)}: {err}")
+    return found
