@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from partial_fc.comm import gather_with_grad, make_collectives
-from partial_fc.head.init import init_class_rows
+from partial_fc.head.row_init import init_class_rows
 from partial_fc.head.margins.base import ScaledCosineMargin
 from partial_fc.head.ranges import class_range
 from partial_fc.head.sampling import sample_classes

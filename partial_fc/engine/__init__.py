@@ -3,7 +3,7 @@
 from partial_fc.engine.base import PRECISIONS, BackboneEngine
 from partial_fc.engine.ddp import DDPEngine
 from partial_fc.engine.factory import ENGINES, build_engine
-from partial_fc.engine.optim import OPTIMIZERS, OptimizerSpec
+from partial_fc.engine.backbone_optim import OPTIMIZERS, OptimizerSpec
 
 __all__ = ["BackboneEngine", "DDPEngine", "DeepSpeedEngine", "ENGINES", "OPTIMIZERS", "OptimizerSpec",
            "PRECISIONS", "build_engine"]

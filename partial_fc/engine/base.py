@@ -5,13 +5,13 @@ One training micro-step, whatever the engine:
     emb = engine.forward(images)           # (b, D) float32 embeddings of this rank's samples
     loss = head(emb, labels)               # the head is outside the engine
     engine.backward(loss)                  # loss / grad_accum, times the fp16 loss scale
-    if engine.is_boundary: engine.clip_grad_norm(5.0)   # DDP; DeepSpeed clips inside step()
-    stepped = engine.step()                # optimizer step + zero grad at accumulation boundaries
+    applied = engine.step()                # at a boundary: clip to max_grad_norm, step, zero grad
 
 ``backward`` multiplies the loss by ``loss_scale / grad_accum`` before back-propagating, so any
 parameter outside the engine that the loss reaches (the head's class centers) receives gradients
-multiplied by the same factor: the trainer divides those by ``loss_scale`` (the 1/grad_accum is
-the wanted mean over micro-batches) and skips the head's step when ``step()`` returns False.
+multiplied by the same factor: the head's optimizer divides those by ``loss_scale`` (read before
+``step()``, which may change it; the 1/grad_accum is the wanted mean over micro-batches) and
+skips its step when ``step()`` returns False (``partial_fc.optim.head_optimizer``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from partial_fc.engine.base import BackboneEngine, autocast_dtype, check_grad_accum, check_precision
-from partial_fc.engine.optim import OptimizerSpec, make_optimizer
+from partial_fc.engine.backbone_optim import OptimizerSpec, make_optimizer
 
 
 class DDPEngine(BackboneEngine):

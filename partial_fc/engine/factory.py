@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from partial_fc.engine.base import BackboneEngine
-from partial_fc.engine.optim import OptimizerSpec
+from partial_fc.engine.backbone_optim import OptimizerSpec
 
 ENGINES = ("ddp", "deepspeed")
 

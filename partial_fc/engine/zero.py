@@ -23,7 +23,7 @@ from deepspeed.utils import (safe_get_full_fp32_param, safe_get_full_optimizer_s
 from torch import Tensor, nn
 
 from partial_fc.engine.base import BackboneEngine, check_grad_accum, check_precision
-from partial_fc.engine.optim import OptimizerSpec, make_optimizer
+from partial_fc.engine.backbone_optim import OptimizerSpec, make_optimizer
 
 ZERO_STAGES = (1, 2)
 

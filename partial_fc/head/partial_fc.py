@@ -6,22 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
-from partial_fc.comm import gather_with_grad, make_collectives
 from partial_fc.head import margins as margin_registry
-from partial_fc.head.checks import check_batch, check_global
-from partial_fc.head.init import init_class_rows
+from partial_fc.head.checks import check_sample_rate
+from partial_fc.head.class_weights import DEFAULT_CHUNK_SIZE, ShardedClassWeights
 from partial_fc.head.margins.base import Margin, overrides
-from partial_fc.head.ranges import class_range
 from partial_fc.head.sampling import sample_classes
 from partial_fc.head.sharded_ce import sharded_margin_ce
 from partial_fc.head.workspace import Workspace
 
-DEFAULT_CHUNK_SIZE = 65536
 
-
-class PartialFC(nn.Module):
+class PartialFC(ShardedClassWeights):
     """Model-parallel margin-softmax classification head.
 
     Args:
@@ -38,11 +33,9 @@ class PartialFC(nn.Module):
         chunk_size: classes per logit tile; at most B x chunk_size logits exist at once.
         init_std: standard deviation of the initial class-center entries.
         backbone_grad_average: the backbone is data-parallel with gradient *averaging* (DDP,
-            DeepSpeed). The loss is the mean over the global batch, so the exact gradient w.r.t.
-            a rank's embeddings is the sum of every rank's partial gradient; averaging would
-            divide it by N. With this set, the embedding gradient is multiplied by N in the
-            all-gather's backward so that after the average the backbone gradient is exact.
-            This is the only place in the project where that scale is applied.
+            DeepSpeed): the embedding gradient is multiplied by N in the all-gather's backward
+            so that after the average the backbone gradient is exact (why, and the one place
+            that applies it: ``ShardedClassWeights.gather_batch``).
         check_inputs: verify labels in [0, C) and equal local batch sizes on every rank
             (one all-reduce of 5 integers and one host sync per step).
         check_finite: also reject non-finite embeddings (part of the same check).
@@ -66,48 +59,28 @@ class PartialFC(nn.Module):
         backbone_grad_average: bool = True, check_inputs: bool = True, check_finite: bool = True,
         device: torch.device | str | None = None,
     ) -> None:
-        super().__init__()
-        if not (isinstance(num_classes, int) and num_classes >= 1):
-            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-        if not (isinstance(embedding_dim, int) and embedding_dim >= 1):
-            raise ValueError(f"embedding_dim must be an integer >= 1, got {embedding_dim!r}")
-        if not (isinstance(sample_rate, (int, float)) and 0.0 < sample_rate <= 1.0):
-            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
-        if not (isinstance(chunk_size, int) and chunk_size >= 1):
-            raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-        if not init_std > 0:
-            raise ValueError(f"init_std must be > 0, got {init_std}")
-        self.margin = margin_registry.build(margin) if isinstance(margin, str) else margin
-        if not isinstance(self.margin, Margin):
+        check_sample_rate(sample_rate)
+        margin = margin_registry.build(margin) if isinstance(margin, str) else margin
+        if not isinstance(margin, Margin):
             raise ValueError(f"margin must be a Margin or one of {margin_registry.names()}, got {margin!r}")
-        self.comm = make_collectives(group)
-        self.num_classes, self.embedding_dim = num_classes, embedding_dim
-        self.sample_rate, self.seed, self.chunk_size = float(sample_rate), seed, chunk_size
-        self.backbone_grad_average = backbone_grad_average
-        self.check_inputs, self.check_finite = check_inputs, check_finite
-        self.class_range = class_range(num_classes, self.comm.world_size, self.comm.rank)
-        start, stop = self.class_range
-        k = self.margin.subcenters
+        k = margin.subcenters
         if not (isinstance(k, int) and k >= 1):
             raise ValueError(f"margin.subcenters must be an integer >= 1, got {k!r}")
-        self.weight = nn.Parameter(init_class_rows(seed, start * k, stop * k, embedding_dim, std=init_std, device=device))
-        if device is not None:
-            self.margin.to(device)
+        super().__init__(num_classes, embedding_dim, rows_per_class=k, group=group, seed=seed,
+                         chunk_size=chunk_size, init_std=init_std, backbone_grad_average=backbone_grad_average,
+                         device=device)
+        self.margin = margin.to(device) if device is not None else margin
+        self.sample_rate = float(sample_rate)
+        self.check_inputs, self.check_finite = check_inputs, check_finite
         self.workspace = Workspace()
         #: Training steps taken: drives sampling and margin schedules; saved in the state dict.
         self.step = 0
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        check_batch(embeddings, labels, embedding_dim=self.embedding_dim)
-        if embeddings.device != self.weight.device:
-            raise ValueError(f"embeddings are on {embeddings.device} but the head's shard is on {self.weight.device}")
-        if self.check_inputs:
-            check_global(embeddings, labels, self.comm, num_classes=self.num_classes, check_finite=self.check_finite)
+        self.check_inputs_(embeddings, labels, across_ranks=self.check_inputs, check_finite=self.check_finite)
         comm = self.comm
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            grad_scale = float(comm.world_size) if self.backbone_grad_average else 1.0
-            x = gather_with_grad(embeddings.to(self.weight.dtype), comm, grad_scale=grad_scale)
-            y = comm.all_gather(labels.to(torch.int64))
+            x, y = self.gather_batch(embeddings.to(torch.promote_types(self.weight.dtype, torch.float32)), labels)
             start, stop = self.class_range
             rate = self.sample_rate if self.training else 1.0
             sampled = sample_classes(y, start=start, stop=stop, seed=self.seed, step=self.step, sample_rate=rate)
@@ -131,15 +104,11 @@ class PartialFC(nn.Module):
         lo, hi = self.comm.rank * b, (self.comm.rank + 1) * b
         return torch.cat([x[:lo].detach(), x[lo:hi], x[hi:].detach()])
 
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"step": self.step, "num_classes": self.num_classes, "class_range": list(self.class_range), "seed": self.seed}
+    def _own_extra_state(self) -> dict[str, Any]:
+        return {"step": self.step}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        if state.get("num_classes") != self.num_classes or tuple(state.get("class_range", ())) != self.class_range:
-            raise ValueError(
-                f"checkpoint shard holds classes {state.get('class_range')} of {state.get('num_classes')}, "
-                f"this head owns {list(self.class_range)} of {self.num_classes}; reshard the checkpoint first"
-            )
+        super().set_extra_state(state)
         self.step = int(state["step"])
 
     def extra_repr(self) -> str:

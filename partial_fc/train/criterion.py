@@ -3,8 +3,8 @@
 Every criterion takes (local embeddings (b, D), local labels (b,)) and returns the loss of the
 global batch, the same on every rank, with the data-parallel gradient scale applied once in
 its all-gather's backward. Those with class weights (the partial-FC head, NormFace's agents)
-expose ``weight`` (this rank's rows, row-sparse gradient), ``class_range``, ``num_classes``,
-``embedding_dim`` and ``seed``, which is what the row-sparse optimizer and the checkpoints use.
+are ``ShardedClassWeights``: the head optimizer steps their shard row-sparsely and the
+checkpoints save and reshard it.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from __future__ import annotations
 import torch
 
 from partial_fc import margins
+from partial_fc.comm import Collectives
 from partial_fc.config.train import AGENT_LOSSES, TrainConfig
+from partial_fc.head.class_weights import ShardedClassWeights
 from partial_fc.head.partial_fc import PartialFC
 from partial_fc.losses import CContrastiveLoss, ContrastiveLoss, CTripletLoss, TripletLoss
-from partial_fc.optim import RowSparseAdamW, RowSparseSGD
+from partial_fc.optim.head_optimizer import HeadOptimizer
 
 
 def build_criterion(cfg: TrainConfig, *, num_classes: int, device: torch.device) -> torch.nn.Module:
@@ -38,18 +40,15 @@ def build_criterion(cfg: TrainConfig, *, num_classes: int, device: torch.device)
     raise ValueError(f"loss.name {name!r} is not known; choose from partial_fc, c_contrastive, c_triplet, triplet, contrastive")
 
 
-def class_weights(criterion: torch.nn.Module) -> torch.nn.Module | None:
-    """The criterion itself when it holds sharded class weights, else None."""
-    return criterion if isinstance(getattr(criterion, "weight", None), torch.nn.Parameter) else None
-
-
-def build_head_optimizer(cfg: TrainConfig, head: torch.nn.Module | None, *, lr: float) -> torch.optim.Optimizer | None:
-    """Row-sparse SGD or AdamW over the class weights (only the rows sampled in a step change)."""
-    if head is None:
-        return None
+def build_head_optimizer(cfg: TrainConfig, criterion: torch.nn.Module, *, lr: float, comm: Collectives) -> HeadOptimizer:
+    """Row-sparse SGD or AdamW over the class weights (only the rows sampled in a step change),
+    plain SGD or AdamW without weight decay over the criterion's other trainable parameters
+    (a learned scale); with neither (the pair losses) a step only reports the backbone's."""
+    sharded = [criterion.weight] if isinstance(criterion, ShardedClassWeights) else []
+    dense = [p for p in criterion.parameters() if p.requires_grad and all(p is not w for w in sharded)]
     # NormFace's agents take no weight decay (decay_mult 0 in the authors' prototxts): the loss
     # sees only their direction, and decay would shrink them and so inflate their steps
     decay = 0.0 if cfg.loss.name in AGENT_LOSSES else cfg.optim.weight_decay
-    if cfg.optim.name == "sgd":
-        return RowSparseSGD([head.weight], lr=lr, momentum=cfg.optim.momentum, weight_decay=decay)
-    return RowSparseAdamW([head.weight], lr=lr, betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=decay)
+    return HeadOptimizer(sharded=sharded, dense=dense, name=cfg.optim.name, lr=lr, comm=comm,
+                         momentum=cfg.optim.momentum, weight_decay=decay, betas=cfg.optim.betas, eps=cfg.optim.eps,
+                         max_grad_norm=cfg.optim.head_clip_grad_norm, loss_scaling=cfg.train.precision == "fp16")

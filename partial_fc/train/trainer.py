@@ -13,21 +13,28 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from partial_fc.comm import make_collectives
+from partial_fc.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from partial_fc.comm import Collectives, make_collectives
 from partial_fc.config import dump_yaml, to_dict
 from partial_fc.config.train import TrainConfig
 from partial_fc.data.loaders.build import build_loader, prepare_loader
 from partial_fc.data.loaders.config import TrainLoaderConfig
 from partial_fc.data.formats.manifest import load_manifest
+from partial_fc.engine import BackboneEngine, OptimizerSpec, build_engine
+from partial_fc.head.class_weights import ShardedClassWeights
+from partial_fc.optim.head_optimizer import HeadOptimizer
 from partial_fc.optim.schedule import WarmupDecay
-from partial_fc.train.criterion import build_criterion, build_head_optimizer, class_weights
+from partial_fc.train.criterion import build_criterion, build_head_optimizer
 from partial_fc.train.logger import NullLogger, RunLogger, format_eta
 from partial_fc.train.verify import evaluate_pair_sets, load_pair_sets
+from partial_fc.util.atomic import write_json_atomic
 
 
 @dataclass
@@ -68,188 +75,215 @@ def plan(cfg: TrainConfig, *, world_size: int) -> tuple[Plan, TrainLoaderConfig]
                 global_batch=global_batch, lr=cfg.optim.lr_for(global_batch)), loader_cfg
 
 
+@dataclass
+class Run:
+    """One training run on this rank: what ``_setup`` builds and ``_loop`` advances."""
+
+    cfg: TrainConfig
+    plan: Plan
+    comm: Collectives
+    device: torch.device
+    run_dir: Path
+    loader: Any
+    pair_sets: list
+    log: NullLogger
+    engine: BackboneEngine
+    criterion: torch.nn.Module
+    head: ShardedClassWeights | None  # the criterion when it holds class weights
+    head_opt: HeadOptimizer
+    head_lr: float
+    schedule: WarmupDecay
+    fingerprint: dict  # what a checkpoint must match to be resumed by this run
+    step: int = 0  # optimizer steps taken
+    samples_seen: int = 0
+    skipped: int = 0  # steps skipped on an fp16 overflow
+    metrics: dict = field(default_factory=dict)  # of the last log line and evaluation
+
+    @property
+    def last_step(self) -> int:
+        return self.cfg.train.max_steps or self.plan.total_steps
+
+
 def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
     """Run (or resume) training; returns the final metrics (the same dict on every rank)."""
     from partial_fc.comm.process_group import cleanup, init_distributed
-    from partial_fc.engine import build_engine
-    from partial_fc.engine.optim import OptimizerSpec
-    from partial_fc.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 
     dist = init_distributed()
     if dist.is_distributed:
         os.environ.setdefault("LOCAL_RANK", str(dist.local_rank))  # DeepSpeed reads it; srun does not set it
     try:
-        comm = make_collectives()
-        rank, world = comm.rank, comm.world_size
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        the_plan, loader_cfg = plan(cfg, world_size=world)
-        prepare_loader(loader_cfg, sampler=cfg.sampler, comm=comm, device=device)
-        # before the model: the identity sampler's checks (enough identities, K) fail fast
-        loader = build_loader(loader_cfg, sampler=cfg.sampler, images_per_identity=cfg.data.images_per_identity,
-                              rank=rank, world_size=world)
-        pair_sets = load_pair_sets(cfg.eval.pairs)
-        run_dir = Path(cfg.run_dir)
-        log = RunLogger(run_dir, config=to_dict(cfg), wandb_cfg=cfg.wandb, progress_bar=cfg.train.progress_bar) if rank == 0 else NullLogger()
-        if rank == 0:
-            dump_yaml(cfg, run_dir / "config.yaml")
-
-        torch.manual_seed(cfg.seed)  # the same backbone initialisation on every rank
-        backbone = cfg.model.build().to(device)
-        spec = OptimizerSpec(name=cfg.optim.name, lr=the_plan.lr, momentum=cfg.optim.momentum,
-                             weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas, eps=cfg.optim.eps)
-        engine = build_engine(cfg.train.engine, backbone, optimizer=spec, precision=cfg.train.precision,
-                              grad_accum=cfg.train.grad_accum, max_grad_norm=cfg.optim.clip_grad_norm,
-                              zero_stage=cfg.train.zero_stage, micro_batch_size=cfg.data.batch_size,
-                              **({"device": device} if cfg.train.engine == "ddp" else {}))
-        criterion = build_criterion(cfg, num_classes=the_plan.num_classes, device=device)
-        head = class_weights(criterion)  # None for the pair losses
-        head_lr = the_plan.lr * cfg.optim.head_lr_scale
-        head_opt = build_head_optimizer(cfg, head, lr=head_lr)
-        schedule = WarmupDecay(total_steps=the_plan.total_steps, warmup_steps=the_plan.warmup_steps, kind=cfg.schedule.kind,
-                               power=cfg.schedule.power, final_ratio=cfg.schedule.final_lr_ratio)
-
-        step, samples_seen = 0, 0
-        fingerprint = {"model": to_dict(cfg.model), "num_classes": the_plan.num_classes, "embedding_dim": cfg.model.embedding_dim,
-                       "loss": cfg.loss.name}
-        ckpt = latest_checkpoint(run_dir) if resume == "auto" else resume
-        if ckpt:
-            state = load_checkpoint(ckpt, comm=comm, head=head, head_optimizer=head_opt, expect_extra=fingerprint,
-                                    seed=cfg.seed, logger=log, device=device)
-            engine.load_state_dict(state["engine"])
-            step, samples_seen = int(state["step"]), int(state["samples_seen"])
-
-        owned = f" ({head.class_range[1] - head.class_range[0]:,} on rank 0)" if head is not None else ""
-        batching = (f"{cfg.data.batch_size // cfg.data.images_per_identity} identities x {cfg.data.images_per_identity} images per rank"
-                   if cfg.sampler == "identity" else "streamed shards")
-        log.info(f"partial-fc train: {world} rank(s) on {device}, loss {cfg.loss.name}, {the_plan.num_classes:,} classes"
-                 f"{owned}, global batch {the_plan.global_batch} ({batching}), "
-                 f"lr {the_plan.lr:g}, {the_plan.total_steps} steps ({the_plan.steps_per_epoch}/epoch)")
-        last_steps = cfg.train.max_steps or the_plan.total_steps
-        metrics: dict = {}
-        if pair_sets and step == 0:  # the untrained backbone, for comparison with the trained one
-            for name, row in _evaluate(engine.module, pair_sets, cfg, comm, device).items():
-                log.info(f"eval {name} before training: accuracy {100 * row['accuracy']:.2f} +- {100 * row['accuracy_std']:.2f} "
-                         f"auc {row['auc']:.4f} eer {100 * row['eer']:.2f}%")
-                log.log(0, {f"eval/{name}/{k}": v for k, v in row.items()})
-        epoch, skip = divmod(step * cfg.train.grad_accum, len(loader))
-        t_window, data_wait, window_samples = time.perf_counter(), 0.0, 0
-        t_start = time.perf_counter()
-        skipped = 0
-        fp16 = cfg.train.precision == "fp16"
-        while step < last_steps:
-            loader.set_epoch(epoch)
-            batches = loader.iterate(skip)  # resume mid-epoch: the data order is deterministic
-            skip = 0
-            micro = 0
-            t_data = time.perf_counter()
-            for images, labels in batches:
-                data_wait += time.perf_counter() - t_data
-                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                boundary = engine.is_boundary
-                if boundary:
-                    factor = schedule.factor(step)
-                    engine.set_lr(the_plan.lr * factor)
-                    for group in head_opt.param_groups if head_opt is not None else ():
-                        group["lr"] = head_lr * factor
-                loss = criterion(engine.forward(images), labels)
-                engine.backward(loss)  # the engine averages over accumulation micro-steps
-                window_samples += labels.shape[0] * world
-                if boundary:
-                    # only loss scaling can overflow: fp32/bf16 skip the flag's all-reduce and host sync
-                    head_ok = _head_grads_finite(head.weight, comm, engine.loss_scale) if fp16 and head is not None else True
-                    if head_ok and head is not None and cfg.optim.head_clip_grad_norm:
-                        _clip_sparse_(head.weight, cfg.optim.head_clip_grad_norm, comm)
-                applied = engine.step()
-                if not boundary:
-                    t_data = time.perf_counter()
-                    continue
-                if head_ok and applied:
-                    if head_opt is not None:
-                        head_opt.step()
-                else:
-                    skipped += 1
-                if head_opt is not None:
-                    head_opt.zero_grad(set_to_none=True)
-                step += 1
-                samples_seen += the_plan.global_batch
-                log.progress(step, last_steps)
-
-                if step % cfg.train.log_every == 0 or step == last_steps:
-                    elapsed = time.perf_counter() - t_window
-                    rate = window_samples / max(elapsed, 1e-9)
-                    metrics = {"loss": float(loss.detach()), "lr": the_plan.lr * factor, "samples_per_s": rate,
-                               "data_wait": data_wait / max(elapsed, 1e-9), "epoch": epoch,
-                               "skipped_steps": skipped, "corrupt_samples": loader.stats.corrupt_samples}
-                    grad_norm = engine.grad_norm
-                    if grad_norm is not None:
-                        metrics["grad_norm"] = grad_norm
-                    eta = (last_steps - step) * elapsed / max(1, cfg.train.log_every)
-                    log.info(f"step {step}/{last_steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.4g} "
-                             f"{rate:,.0f} samples/s data-wait {100 * metrics['data_wait']:.0f}% eta {format_eta(eta)}")
-                    log.log(step, metrics)
-                    t_window, data_wait, window_samples = time.perf_counter(), 0.0, 0
-                if pair_sets and (step % cfg.eval.every == 0 or step == last_steps):
-                    results = _evaluate(engine.module, pair_sets, cfg, comm, device)
-                    for name, row in results.items():
-                        log.info(f"eval {name}: accuracy {100 * row['accuracy']:.2f} +- {100 * row['accuracy_std']:.2f} "
-                                 f"auc {row['auc']:.4f} eer {100 * row['eer']:.2f}%")
-                        log.log(step, {f"eval/{name}/{k}": v for k, v in row.items()})
-                    metrics["eval"] = results
-                if step % cfg.train.checkpoint_every == 0 or step == last_steps:
-                    save_checkpoint(run_dir, step, comm=comm, head=head, head_optimizer=head_opt,
-                                           trainer_state=TrainerState(engine=engine.state_dict(), step=step,
-                                                                      samples_seen=samples_seen),
-                                           meta_extra=fingerprint, keep_last=cfg.train.keep_last, logger=log, device=device)
-                if step >= last_steps:
-                    break
-                t_data = time.perf_counter()
-            epoch += 1
-        metrics["steps"] = step
-        metrics["wall_s"] = time.perf_counter() - t_start
-        if rank == 0:
-            _write_json_atomic(run_dir / "summary.json", metrics)
-        log.info(f"done: {step} steps in {metrics['wall_s']:.0f} s; summary in {run_dir / 'summary.json'}")
-        log.close()
+        run = _setup(cfg, resume=resume)
+        wall_s = _loop(run)
+        metrics = {**run.metrics, "steps": run.step, "wall_s": wall_s}
+        if run.comm.rank == 0:
+            write_json_atomic(run.run_dir / "summary.json", metrics)
+        run.log.info(f"done: {run.step} steps in {metrics['wall_s']:.0f} s; summary in {run.run_dir / 'summary.json'}")
+        run.log.close()
         cleanup(wait_for_all=True)
         return metrics
     finally:
         cleanup()  # after an error: tear down without waiting for the other ranks
 
 
-def _evaluate(model, pair_sets, cfg: TrainConfig, comm, device) -> dict:
-    return evaluate_pair_sets(model, pair_sets, comm=comm, batch_size=cfg.eval.batch_size, image_size=cfg.model.input_size,
-                              device=device, flip=cfg.eval.flip, far_targets=cfg.eval.far_targets)
+def _setup(cfg: TrainConfig, *, resume: str | None) -> Run:
+    """Checks, data, logger, backbone engine, criterion and head optimizer; then the checkpoint."""
+    comm = make_collectives()
+    rank, world = comm.rank, comm.world_size
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    the_plan, loader_cfg = plan(cfg, world_size=world)
+    prepare_loader(loader_cfg, sampler=cfg.sampler, comm=comm, device=device)
+    # before the model: the identity sampler's checks (enough identities, K) fail fast
+    loader = build_loader(loader_cfg, sampler=cfg.sampler, images_per_identity=cfg.data.images_per_identity,
+                          rank=rank, world_size=world)
+    pair_sets = load_pair_sets(cfg.eval.pairs)
+    run_dir = Path(cfg.run_dir)
+    log = RunLogger(run_dir, config=to_dict(cfg), wandb_cfg=cfg.wandb, progress_bar=cfg.train.progress_bar) if rank == 0 else NullLogger()
+    if rank == 0:
+        dump_yaml(cfg, run_dir / "config.yaml")
+
+    torch.manual_seed(cfg.seed)  # the same backbone initialisation on every rank
+    backbone = cfg.model.build().to(device)
+    spec = OptimizerSpec(name=cfg.optim.name, lr=the_plan.lr, momentum=cfg.optim.momentum,
+                         weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas, eps=cfg.optim.eps)
+    engine = build_engine(cfg.train.engine, backbone, optimizer=spec, precision=cfg.train.precision,
+                          grad_accum=cfg.train.grad_accum, max_grad_norm=cfg.optim.clip_grad_norm,
+                          zero_stage=cfg.train.zero_stage, micro_batch_size=cfg.data.batch_size,
+                          **({"device": device} if cfg.train.engine == "ddp" else {}))
+    criterion = build_criterion(cfg, num_classes=the_plan.num_classes, device=device)
+    head_lr = the_plan.lr * cfg.optim.head_lr_scale
+    run = Run(cfg=cfg, plan=the_plan, comm=comm, device=device, run_dir=run_dir, loader=loader, pair_sets=pair_sets,
+              log=log, engine=engine, criterion=criterion,
+              head=criterion if isinstance(criterion, ShardedClassWeights) else None,
+              head_opt=build_head_optimizer(cfg, criterion, lr=head_lr, comm=comm), head_lr=head_lr,
+              schedule=WarmupDecay(total_steps=the_plan.total_steps, warmup_steps=the_plan.warmup_steps,
+                                   kind=cfg.schedule.kind, power=cfg.schedule.power,
+                                   final_ratio=cfg.schedule.final_lr_ratio),
+              fingerprint={"model": to_dict(cfg.model), "num_classes": the_plan.num_classes,
+                           "embedding_dim": cfg.model.embedding_dim, "loss": cfg.loss.name})
+
+    ckpt = latest_checkpoint(run_dir) if resume == "auto" else resume
+    if ckpt:
+        state = load_checkpoint(ckpt, comm=comm, head=run.head, head_optimizer=_saved_head_opt(run),
+                                expect_extra=run.fingerprint, seed=cfg.seed, logger=log, device=device)
+        engine.load_state_dict(state["engine"])
+        run.step, run.samples_seen = int(state["step"]), int(state["samples_seen"])
+
+    owned = f" ({run.head.class_range[1] - run.head.class_range[0]:,} on rank 0)" if run.head is not None else ""
+    batching = (f"{cfg.data.batch_size // cfg.data.images_per_identity} identities x {cfg.data.images_per_identity} images per rank"
+                if cfg.sampler == "identity" else "streamed shards")
+    log.info(f"partial-fc train: {world} rank(s) on {device}, loss {cfg.loss.name}, {the_plan.num_classes:,} classes"
+             f"{owned}, global batch {the_plan.global_batch} ({batching}), "
+             f"lr {the_plan.lr:g}, {the_plan.total_steps} steps ({the_plan.steps_per_epoch}/epoch)")
+    return run
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    import json
-    import os
+def _loop(run: Run) -> float:
+    """Optimizer steps until ``run.last_step``, each the engine's step then the head's; returns
+    the seconds they took."""
+    cfg, engine, last = run.cfg, run.engine, run.last_step
+    if run.pair_sets and run.step == 0:  # the untrained backbone, for comparison with the trained one
+        _evaluate(run, when=" before training")
+    t_start = time.perf_counter()
+    epoch, skip = divmod(run.step * cfg.train.grad_accum, len(run.loader))
+    window = _Window()
+    while run.step < last:
+        run.loader.set_epoch(epoch)
+        for images, labels in _batches(run.loader, skip):  # resume mid-epoch: the data order is deterministic
+            window.data_arrived()
+            images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
+            loss = run.criterion(engine.forward(images), labels)
+            engine.backward(loss)  # the engine averages over accumulation micro-steps
+            window.samples += labels.shape[0] * run.comm.world_size
+            if not engine.is_boundary:
+                engine.step()  # only counts the micro-step: the gradients accumulate
+                window.wait_for_data()
+                continue
+            lr_factor = run.schedule.factor(run.step)
+            engine.set_lr(run.plan.lr * lr_factor)
+            run.head_opt.set_lr(run.head_lr * lr_factor)
+            loss_scale = engine.loss_scale  # what the gradients carry; the engine's step may change it
+            applied = engine.step()
+            applied = run.head_opt.step(loss_scale=loss_scale, backbone_applied=applied)
+            run.step += 1
+            run.samples_seen += run.plan.global_batch
+            run.skipped += not applied
+            run.log.progress(run.step, last)
+            _after_step(run, loss=loss, lr=run.plan.lr * lr_factor, epoch=epoch, window=window)
+            if run.step >= last:
+                break
+            window.wait_for_data()
+        skip = 0
+        epoch += 1
+    return time.perf_counter() - t_start
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
+
+def _after_step(run: Run, *, loss: torch.Tensor, lr: float, epoch: int, window: _Window) -> None:
+    """Log, evaluate and save when they are due."""
+    cfg, step, last = run.cfg, run.step, run.last_step
+    if step % cfg.train.log_every == 0 or step == last:
+        elapsed = window.elapsed()
+        run.metrics = {"loss": float(loss.detach()), "lr": lr, "samples_per_s": window.samples / elapsed,
+                       "data_wait": window.data_wait / elapsed, "epoch": epoch,
+                       "skipped_steps": run.skipped, "corrupt_samples": run.loader.stats.corrupt_samples}
+        grad_norm = run.engine.grad_norm
+        if grad_norm is not None:
+            run.metrics["grad_norm"] = grad_norm
+        eta = (last - step) * elapsed / max(1, cfg.train.log_every)
+        run.log.info(f"step {step}/{last} loss {run.metrics['loss']:.4f} lr {lr:.4g} "
+                     f"{run.metrics['samples_per_s']:,.0f} samples/s data-wait {100 * run.metrics['data_wait']:.0f}% "
+                     f"eta {format_eta(eta)}")
+        run.log.log(step, run.metrics)
+        window.restart()
+    if run.pair_sets and (step % cfg.eval.every == 0 or step == last):
+        run.metrics["eval"] = _evaluate(run)
+    if step % cfg.train.checkpoint_every == 0 or step == last:
+        _save(run)
 
 
-def _head_grads_finite(weight: torch.Tensor, comm, loss_scale: float) -> bool:
-    """Unscale the head's gradient by the engine's loss scale and decide, identically on every
-    rank, whether it is finite. The backbone's overflow check sees all-reduced gradients and
-    agrees across ranks by itself; the head's gradient is rank-local, so its flag is all-reduced."""
-    from partial_fc.optim.row_sparse import sampled_rows
-
-    if weight.grad is None:
-        return True
-    _, values = sampled_rows(weight.grad)
-    if loss_scale != 1.0:
-        values.mul_(1.0 / loss_scale)
-    bad = (~torch.isfinite(values)).any().float().reshape(1)
-    return not bool(comm.all_reduce_(bad, "max").item())
+def _evaluate(run: Run, *, when: str = "") -> dict:
+    """Verification accuracy of the backbone on every pair set, logged at the current step."""
+    cfg = run.cfg
+    results = evaluate_pair_sets(run.engine.module, run.pair_sets, comm=run.comm, batch_size=cfg.eval.batch_size,
+                                 image_size=cfg.model.input_size, device=run.device, flip=cfg.eval.flip,
+                                 far_targets=cfg.eval.far_targets)
+    for name, row in results.items():
+        run.log.info(f"eval {name}{when}: accuracy {100 * row['accuracy']:.2f} +- {100 * row['accuracy_std']:.2f} "
+                     f"auc {row['auc']:.4f} eer {100 * row['eer']:.2f}%")
+        run.log.log(run.step, {f"eval/{name}/{k}": v for k, v in row.items()})
+    return results
 
 
-def _clip_sparse_(weight: torch.Tensor, max_norm: float, comm) -> None:
-    """Clip the head's gradient by its global norm over all ranks' shards."""
-    from partial_fc.optim.row_sparse import sampled_rows
+def _save(run: Run) -> None:
+    save_checkpoint(run.run_dir, run.step, comm=run.comm, head=run.head, head_optimizer=_saved_head_opt(run),
+                    trainer_state=TrainerState(engine=run.engine.state_dict(), step=run.step,
+                                               samples_seen=run.samples_seen),
+                    meta_extra=run.fingerprint, keep_last=run.cfg.train.keep_last, logger=run.log, device=run.device)
 
-    _, values = sampled_rows(weight.grad)
-    sq = values.float().pow(2).sum().reshape(1)
-    norm = comm.all_reduce_(sq, "sum").sqrt()
-    values.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0).to(values.dtype))
+
+def _saved_head_opt(run: Run) -> HeadOptimizer | None:
+    """The head optimizer's state lives beside the class rows: there is none without them."""
+    return run.head_opt if run.head is not None else None
+
+
+def _batches(loader: Any, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    return loader.iterate(start)
+
+
+class _Window:
+    """Throughput and data-wait time since the last log line."""
+
+    def __init__(self) -> None:
+        self.restart()
+        self.wait_for_data()
+
+    def restart(self) -> None:
+        self.t_start, self.data_wait, self.samples = time.perf_counter(), 0.0, 0
+
+    def wait_for_data(self) -> None:
+        self.t_data = time.perf_counter()
+
+    def data_arrived(self) -> None:
+        self.data_wait += time.perf_counter() - self.t_data
+
+    def elapsed(self) -> float:
+        return max(time.perf_counter() - self.t_start, 1e-9)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from partial_fc.head.hashing import splitmix64, splitmix64_int, uniform_below, stream_key
-from partial_fc.head.init import BLOCK_ROWS, init_class_rows
+from partial_fc.head.row_init import BLOCK_ROWS, init_class_rows
 from partial_fc.head.ranges import class_range
 from partial_fc.head.sampling import sample_classes
 from tests.head import sampling_oracle

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from partial_fc.losses import CContrastiveLoss, ContrastiveLoss, CTripletLoss, TripletLoss
-from partial_fc.head.init import init_class_rows
+from partial_fc.head.row_init import init_class_rows
 from partial_fc.head.ranges import class_range
 from partial_fc.optim import RowSparseSGD
 from tests.distributed import run_ranks

@@ -160,7 +160,7 @@ def test_fp16_with_gradient_accumulation(data_dir, tmp_path):
     metrics = train(from_dict(TrainConfig, config(data_dir, run, train={"max_steps": 3, "precision": "fp16", "grad_accum": 2},
                                                   eval={"pairs": []})))
     assert metrics["steps"] == 3 and torch.isfinite(torch.tensor(metrics["loss"]))
-    from partial_fc.head.init import init_class_rows
+    from partial_fc.head.row_init import init_class_rows
 
     state = final_state(run)
     initial = init_class_rows(3, 0, 24, 32, std=0.01)  # seed 3, 24 classes, D 32, the default init_std

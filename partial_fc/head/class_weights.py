@@ -1,0 +1,105 @@
+"""``ShardedClassWeights``: a matrix of class rows sharded over the ranks of a process group.
+
+The partial-FC head and NormFace's agent losses are both one of these; the trainer, the head
+optimizer and the checkpoints know a criterion with class weights by this type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from partial_fc.comm import gather_with_grad, make_collectives
+from partial_fc.head.checks import check_batch, check_global
+from partial_fc.head.ranges import class_range
+from partial_fc.head.row_init import init_class_rows
+
+DEFAULT_CHUNK_SIZE = 65536
+
+
+class ShardedClassWeights(nn.Module):
+    """This rank's rows of a (C x rows_per_class, D) class-weight matrix.
+
+    Attributes: ``weight`` (rows of classes ``class_range``, row-sparse gradient; row r of the
+    whole matrix is initialised from (seed, r) alone, so at any world size), ``class_range``
+    (class ids, from ``head.ranges.class_range``), ``num_classes``, ``embedding_dim``, ``seed``,
+    ``chunk_size``, ``backbone_grad_average`` and ``comm`` (the collectives of ``group``; None:
+    the default group when one is initialised, else a single process).
+
+    The extra state {num_classes, class_range, seed} (plus a subclass's ``_own_extra_state``)
+    makes a load of another shard an error that names both ranges.
+    """
+
+    #: what the rows are called in errors: "classes" of a head, "agents" of a loss
+    row_noun = "classes"
+    owner = "this head"
+
+    def __init__(self, num_classes: int, embedding_dim: int, *, rows_per_class: int = 1, group: Any = None,
+                 seed: int = 0, chunk_size: int = DEFAULT_CHUNK_SIZE, init_std: float = 0.01,
+                 backbone_grad_average: bool = True, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        if not (isinstance(num_classes, int) and num_classes >= 1):
+            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+        if not (isinstance(embedding_dim, int) and embedding_dim >= 1):
+            raise ValueError(f"embedding_dim must be an integer >= 1, got {embedding_dim!r}")
+        if not (isinstance(chunk_size, int) and chunk_size >= 1):
+            raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        if not init_std > 0:
+            raise ValueError(f"init_std must be > 0, got {init_std}")
+        if not (isinstance(rows_per_class, int) and rows_per_class >= 1):
+            raise ValueError(f"rows_per_class must be an integer >= 1, got {rows_per_class!r}")
+        self.comm = make_collectives(group)
+        self.num_classes, self.embedding_dim, self.chunk_size, self.seed = num_classes, embedding_dim, chunk_size, seed
+        self.backbone_grad_average = backbone_grad_average
+        self.class_range = class_range(num_classes, self.comm.world_size, self.comm.rank)
+        start, stop = self.class_range
+        k = rows_per_class
+        rows = init_class_rows(seed, start * k, stop * k, embedding_dim, std=init_std, device=device)
+        self.weight = nn.Parameter(self._initial_rows(rows))
+
+    def _initial_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The rows drawn from N(0, init_std^2), as the subclass starts them."""
+        return rows
+
+    def check_inputs_(self, embeddings: torch.Tensor, labels: torch.Tensor, *, across_ranks: bool = True,
+                      check_finite: bool = True) -> None:
+        """Shapes, dtypes and device here; with ``across_ranks`` also equal local batch sizes,
+        labels in [0, C) and (``check_finite``) finite embeddings on every rank (one all-reduce
+        of 5 integers and one host sync), so every rank raises the same error."""
+        check_batch(embeddings, labels, embedding_dim=self.embedding_dim)
+        if embeddings.device != self.weight.device:
+            raise ValueError(f"embeddings are on {embeddings.device} but the shard of {self.row_noun} is on {self.weight.device}")
+        if across_ranks:
+            check_global(embeddings, labels, self.comm, num_classes=self.num_classes, check_finite=check_finite)
+
+    def gather_batch(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D) embeddings and (B,) int64 labels of the global batch (all ranks' b rows in rank order).
+
+        The gather's backward is a reduce-scatter: each rank gets the sum of every rank's
+        gradient for its rows. With ``backbone_grad_average`` it is also multiplied by N,
+        compensating the N-fold average of a data-parallel backbone (DDP, DeepSpeed): the loss
+        is the mean over the global batch, so the exact gradient of a rank's embeddings is that
+        sum, which averaging would divide by N. This is the one place that scale is applied.
+        """
+        scale = float(self.comm.world_size) if self.backbone_grad_average else 1.0
+        return gather_with_grad(embeddings, self.comm, grad_scale=scale), self.comm.all_gather(labels.to(torch.int64))
+
+    def _own_extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**self._own_extra_state(), "num_classes": self.num_classes, "class_range": list(self.class_range),
+                "seed": self.seed}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if state.get("num_classes") != self.num_classes or tuple(state.get("class_range", ())) != self.class_range:
+            raise ValueError(
+                f"checkpoint shard holds {self.row_noun} {_span(state.get('class_range'))} of {state.get('num_classes')}, "
+                f"{self.owner} owns {_span(self.class_range)} of {self.num_classes}; reshard the checkpoint first"
+            )
+
+
+def _span(r: Any) -> str:
+    return f"[{r[0]}, {r[1]})" if isinstance(r, (list, tuple)) and len(r) == 2 else repr(r)
