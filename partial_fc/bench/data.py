@@ -62,7 +62,7 @@ def _per_worker(config: TrainLoaderConfig, batches: int, repeats: int) -> tuple[
         stream = iter(ShardStream(config, rank=0, world_size=1, epoch=r, steps=batches + 1))
         next(stream)  # fills the shuffle buffer; not timed
         t, c, n = time.perf_counter(), time.process_time(), 0
-        for images, _, _ in stream:
+        for images, *_ in stream:  # (images, labels, counts, short shards, error)
             n += len(images)
         wall.append(n / (time.perf_counter() - t))
         cpu.append(n / (time.process_time() - c))
