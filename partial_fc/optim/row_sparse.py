@@ -12,7 +12,19 @@ bias-correction count does not advance. A sampled row gets exactly the update th
 which it was sampled. With every row sampled every step (sample_rate = 1) the result equals
 the dense optimizer. A dense gradient is treated as "every row sampled".
 
-Rows are processed in blocks of ``block_rows`` so the working memory stays small and bounded.
+Rows are processed in blocks of ``block_rows``, each in one pass: the block's rows of the
+weight and of its states are gathered into reused fp32 buffers, decayed, updated and rounded
+there, and written back with ``index_copy_``, so the working memory stays small and bounded and
+nothing is allocated per block. With fp32 weights and ``state_dtype="fp32"`` the arithmetic is
+exactly that of the unfused original.
+
+Compact storage (see ``quantized`` and ``stochastic_round``): the weight is stored in its own
+dtype (fp32, bf16 or fp16) and the states as ``state_dtype`` (fp32, bf16 or 8-bit); every
+narrower store rounds stochastically with noise from (seed, optimizer step, global row id,
+column), so results do not depend on how the rows are sharded when ``row_offset`` is the
+global id of the shard's first row. Caveat: autograd hands a leaf its gradient in the leaf's
+dtype, so a bf16 / fp16 weight receives a bf16 / fp16 gradient (bf16 keeps fp32's range; fp16
+gradients below 6e-5 lose precision as subnormals, prefer bf16).
 """
 
 from __future__ import annotations
@@ -20,6 +32,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+
+from partial_fc.optim.quantized import (STATE_DTYPES, WEIGHT_DTYPES, read_rows, state_format, work_dtype,
+                                        write_rows)
+from partial_fc.optim.scratch import Scratch
+from partial_fc.optim.stochastic_round import BlockNoise, column_salt, row_keys, step_key
 
 
 def sampled_rows(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -38,20 +55,6 @@ def sampled_rows(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]
     return grad.indices()[0], grad.values()
 
 
-class _Scratch:
-    """Per-optimizer block buffers reused every step (fresh CPU memory costs page faults)."""
-
-    def __init__(self) -> None:
-        self._buffers: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
-
-    def get(self, slot: int, like: torch.Tensor) -> torch.Tensor:
-        key = (slot, like.dtype, like.device)
-        buf = self._buffers.get(key)
-        if buf is None or buf.numel() < like.numel():
-            buf = self._buffers[key] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
-        return buf[: like.numel()].view(like.shape)
-
-
 def _check(name: str, value: float, low: float, high: float | None = None) -> float:
     if not (value >= low and (high is None or value < high)):
         bound = f"[{low}, {high})" if high is not None else f">= {low}"
@@ -61,12 +64,39 @@ def _check(name: str, value: float, low: float, high: float | None = None) -> fl
 
 class _RowSparseOptimizer(torch.optim.Optimizer):
     """Runs ``_update`` once per parameter with a gradient: its sampled rows (None: all) and their
-    gradient rows, which subclasses process in blocks of ``block_rows``."""
+    gradient rows, which subclasses process in blocks of ``block_rows``.
 
-    def __init__(self, params: Iterable[torch.Tensor], defaults: dict, *, block_rows: int) -> None:
-        super().__init__(params, defaults)
-        self.block_rows = block_rows
-        self._scratch = _Scratch()
+    ``state_dtype``, ``seed`` and ``row_offset`` are properties of this optimizer, not of the
+    checkpoint: ``row_offset`` is the global row id of the shard's first row at the current
+    world size. The noise step count lives in each param group (``noise_step``) and is saved.
+    """
+
+    _states: tuple[tuple[str, bool], ...] = ()  # (name, signed) of each state tensor
+
+    def __init__(self, params: Iterable[torch.Tensor], defaults: dict, *, block_rows: int, state_dtype: str,
+                 seed: int, row_offset: int) -> None:
+        if state_dtype not in STATE_DTYPES:
+            raise ValueError(f"state_dtype must be one of {list(STATE_DTYPES)}, got {state_dtype!r}")
+        if not (isinstance(block_rows, int) and block_rows >= 1):
+            raise ValueError(f"block_rows must be an integer >= 1, got {block_rows!r}")
+        if not (isinstance(row_offset, int) and row_offset >= 0):
+            raise ValueError(f"row_offset must be an integer >= 0, got {row_offset!r}")
+        super().__init__(params, dict(defaults, noise_step=0))
+        self.block_rows, self.state_dtype, self.seed, self.row_offset = block_rows, state_dtype, int(seed), row_offset
+        self._formats = {name: state_format(state_dtype, signed=signed) for name, signed in self._states}
+        self._scratch = Scratch()
+        self._salts: dict[tuple[int, torch.device], torch.Tensor] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._check_param(p)
+
+    def _check_param(self, p: torch.Tensor) -> None:
+        if p.dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"parameter dtype must be one of {list(WEIGHT_DTYPES)}, got {p.dtype}")
+        compact = self.state_dtype != "fp32" or p.dtype in (torch.bfloat16, torch.float16)
+        if compact and (p.dim() != 2 or p.dtype == torch.float64):
+            raise ValueError(f"state_dtype={self.state_dtype!r} with a {p.dtype} weight needs a 2-D fp32/bf16/fp16 "
+                             f"parameter (rows x D), got {p.dtype} of shape {tuple(p.shape)}")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -75,10 +105,12 @@ class _RowSparseOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            key = step_key(self.seed, group["noise_step"])
             for p in group["params"]:
                 if p.grad is not None:
                     rows, grads = sampled_rows(p.grad)
-                    self._update(p, group, rows, grads)
+                    self._update(p, group, rows, grads, key)
+            group["noise_step"] += 1
         return loss
 
     def _blocks(self, rows: torch.Tensor | None, grads: torch.Tensor):
@@ -87,91 +119,174 @@ class _RowSparseOptimizer(torch.optim.Optimizer):
             hi = min(grads.shape[0], lo + self.block_rows)
             yield lo, hi, None if rows is None else rows[lo:hi]
 
-    def _update(self, p: torch.Tensor, group: dict, rows: torch.Tensor | None, grads: torch.Tensor) -> None:
+    def _buffer(self, slot: str, rows: int, p: torch.Tensor) -> torch.Tensor:
+        return self._scratch.buffer(slot, (rows, *p.shape[1:]), work_dtype(p), p.device)
+
+    def _grad_block(self, grads: torch.Tensor, lo: int, hi: int, p: torch.Tensor) -> torch.Tensor:
+        g = grads[lo:hi]
+        return g if g.dtype == work_dtype(p) else self._buffer("grad", hi - lo, p).copy_(g)
+
+    def _noise(self, key: int, idx: torch.Tensor | None, lo: int, hi: int, p: torch.Tensor, streams: int):
+        """The noise of the block's global rows, or None when nothing rounds."""
+        if streams == 0:
+            return None
+        local = torch.arange(lo, hi, device=p.device) if idx is None else idx
+        salt = self._salts.get((p.shape[1], p.device))
+        if salt is None:
+            salt = self._salts[(p.shape[1], p.device)] = column_salt(p.shape[1], p.device)
+        buffer = self._scratch.buffer("noise", (hi - lo, p.shape[1]), torch.int32, p.device)
+        return BlockNoise(row_keys(key, local + self.row_offset, streams), salt, buffer)
+
+    def _create_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        state = {}
+        for name, fmt in self._formats.items():
+            state.update(fmt.create(name, p))
+        return state
+
+    def _expected(self, p: torch.Tensor) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        expected = {}
+        for name, fmt in self._formats.items():
+            expected.update(fmt.keys(name, p))
+        return expected
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's loader, except that each state tensor keeps its format's dtype (torch would cast
+        int8 codes and fp32 scales to the parameter's dtype); a state saved in another format is
+        an error naming both."""
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for group in self.param_groups:
+            group.setdefault("noise_step", 0)
+        for index, saved in state_dict["state"].items():
+            p = params[index]
+            expected = self._expected(p)
+            tensors = {k for k, v in saved.items() if torch.is_tensor(v) and tuple(v.shape) == tuple(p.shape)}
+            wanted = {k for k, (shape, _) in expected.items() if shape == tuple(p.shape)}
+            if tensors != wanted:
+                raise ValueError(f"optimizer state of parameter {index} holds {sorted(tensors)}, but state_dtype="
+                                 f"{self.state_dtype!r} keeps {sorted(wanted)}; load it with the state_dtype it was saved with")
+            state = self.state[p]
+            for key, value in saved.items():
+                if key in expected:
+                    state[key] = value.to(device=p.device, dtype=expected[key][1])
+
+    def _update(self, p: torch.Tensor, group: dict, rows: torch.Tensor | None, grads: torch.Tensor, key: int) -> None:
         raise NotImplementedError
 
 
 class RowSparseSGD(_RowSparseOptimizer):
     """SGD with momentum and coupled weight decay (torch.optim.SGD's update, dampening 0), lazily
-    per row. ``lr`` may be changed by any torch LR scheduler."""
+    per row. ``lr`` may be changed by any torch LR scheduler.
+
+    Persistent bytes per row of width D: weight (4, 2 or 2 D by its dtype) + momentum (4 D fp32,
+    2 D bf16, D + 4 int8): 3 D + 4 with a bf16 weight and ``state_dtype="int8"``.
+    """
+
+    _states = (("momentum_buffer", True),)
 
     def __init__(self, params: Iterable[torch.Tensor], *, lr: float, momentum: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, block_rows: int = 4096) -> None:
+                 weight_decay: float = 0.0, nesterov: bool = False, block_rows: int = 4096,
+                 state_dtype: str = "fp32", seed: int = 0, row_offset: int = 0) -> None:
         _check("lr", lr, 0.0)
         _check("momentum", momentum, 0.0, 1.0)
         _check("weight_decay", weight_decay, 0.0)
         if nesterov and momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov),
-                         block_rows=block_rows)
+                         block_rows=block_rows, state_dtype=state_dtype, seed=seed, row_offset=row_offset)
 
-    def _update(self, p: torch.Tensor, group: dict, rows: torch.Tensor | None, grads: torch.Tensor) -> None:
+    def _expected(self, p):
+        return super()._expected(p) if self._uses_momentum(p) else {}
+
+    def _uses_momentum(self, p: torch.Tensor) -> bool:
+        return any(group["momentum"] for group in self.param_groups if any(q is p for q in group["params"]))
+
+    def _update(self, p, group, rows, grads, key):
         lr, mu, wd, nesterov = group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]
         state = self.state[p]
-        if mu and "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        buf = state.get("momentum_buffer")
+        fmt = self._formats["momentum_buffer"]
+        if mu and not state:
+            state.update(self._create_state(p))
+        slot_w, slot_m, streams = _streams(p.dtype != work_dtype(p), bool(mu) and fmt.rounds)
         for lo, hi, idx in self._blocks(rows, grads):
-            g = grads[lo:hi]
+            n = hi - lo
+            g = self._grad_block(grads, lo, hi, p)
+            noise = self._noise(key, idx, lo, hi, p, streams)
+            w = read_rows(p, idx, lo, hi, self._buffer("w", n, p), self._scratch, "w_in")
             d = g
             if wd:
-                d = torch.add(g, _get(p, idx, lo, hi, self._scratch.get(0, g)), alpha=wd, out=self._scratch.get(0, g))
+                d = torch.add(g, w, alpha=wd, out=self._buffer("d", n, p))
             if mu:
-                m = _get(buf, idx, lo, hi, self._scratch.get(1, g))
+                m = fmt.read(state, "momentum_buffer", idx, lo, hi, self._buffer("m", n, p), self._scratch)
                 m = torch.add(d, m, alpha=mu, out=m)  # mu * m + d in one pass
-                _put(buf, idx, lo, hi, m)
-                d = torch.add(d, m, alpha=mu, out=self._scratch.get(0, g)) if nesterov else m
-            _add(p, idx, lo, hi, d, -lr)
+                fmt.write(state, "momentum_buffer", idx, lo, hi, m, _lane(noise, slot_m), self._scratch)
+                d = torch.add(d, m, alpha=mu, out=self._buffer("d", n, p)) if nesterov else m
+            w.add_(d, alpha=-lr)
+            write_rows(p, idx, lo, hi, w, _lane(noise, slot_w), clobber=True,
+                       scratch=self._scratch, slot="w_bits")
 
 
 class RowSparseAdamW(_RowSparseOptimizer):
     """AdamW (decoupled weight decay, torch.optim.AdamW's update) lazily per row, with a
     per-row step count for bias correction: a row's moments are corrected for the number of
-    times that row was updated, which is what they have averaged over."""
+    times that row was updated, which is what they have averaged over.
+
+    Persistent bytes per row of width D: weight + two moments (8 D fp32, 4 D bf16, 2 D + 8
+    int8) + the row's step count (4).
+    """
+
+    _states = (("exp_avg", True), ("exp_avg_sq", False))
 
     def __init__(self, params: Iterable[torch.Tensor], *, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.01, block_rows: int = 4096) -> None:
+                 eps: float = 1e-8, weight_decay: float = 0.01, block_rows: int = 4096,
+                 state_dtype: str = "fp32", seed: int = 0, row_offset: int = 0) -> None:
         _check("lr", lr, 0.0)
         _check("betas[0]", betas[0], 0.0, 1.0)
         _check("betas[1]", betas[1], 0.0, 1.0)
         _check("eps", eps, 0.0)
         _check("weight_decay", weight_decay, 0.0)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay),
-                         block_rows=block_rows)
+                         block_rows=block_rows, state_dtype=state_dtype, seed=seed, row_offset=row_offset)
 
-    def _update(self, p: torch.Tensor, group: dict, rows: torch.Tensor | None, grads: torch.Tensor) -> None:
+    def _expected(self, p):
+        # per-row update counts in the block's work dtype, as torch's AdamW keeps its step in the
+        # parameter's float dtype: exact to 2^24 updates of one row (fp32)
+        return dict(super()._expected(p), row_steps=((p.shape[0],), work_dtype(p)))
+
+    def _update(self, p, group, rows, grads, key):
         lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         state = self.state[p]
+        fm, fv = self._formats["exp_avg"], self._formats["exp_avg_sq"]
         if not state:
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
-            # per-row update counts in the parameter's float dtype, as torch's AdamW keeps its
-            # step: exact to 2^24 updates of one row (fp32), and Optimizer.load_state_dict
-            # casts state tensors to the parameter dtype anyway
-            state["row_steps"] = torch.zeros(p.shape[0], dtype=p.dtype, device=p.device)
+            state.update(self._create_state(p))
+            state["row_steps"] = torch.zeros(p.shape[0], dtype=work_dtype(p), device=p.device)
+        slot_w, slot_m, slot_v, streams = _streams(p.dtype != work_dtype(p), fm.rounds, fv.rounds)
         for lo, hi, idx in self._blocks(rows, grads):
-            g = grads[lo:hi]
+            n = hi - lo
+            g = self._grad_block(grads, lo, hi, p)
+            noise = self._noise(key, idx, lo, hi, p, streams)
             steps = _get(state["row_steps"], idx, lo, hi).add_(1)
             _put(state["row_steps"], idx, lo, hi, steps)
-            m = _get(state["exp_avg"], idx, lo, hi, self._scratch.get(0, g)).lerp_(g, 1 - beta1)
-            _put(state["exp_avg"], idx, lo, hi, m)
-            v = _get(state["exp_avg_sq"], idx, lo, hi, self._scratch.get(1, g)).mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            _put(state["exp_avg_sq"], idx, lo, hi, v)
+            m = fm.read(state, "exp_avg", idx, lo, hi, self._buffer("m", n, p), self._scratch).lerp_(g, 1 - beta1)
+            fm.write(state, "exp_avg", idx, lo, hi, m, _lane(noise, slot_m), self._scratch)
+            v = fv.read(state, "exp_avg_sq", idx, lo, hi, self._buffer("v", n, p), self._scratch)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            fv.write(state, "exp_avg_sq", idx, lo, hi, v, _lane(noise, slot_v), self._scratch)
             steps = steps[:, None]
             bc1 = 1 - torch.pow(beta1, steps)
             bc2_sqrt = torch.sqrt(1 - torch.pow(beta2, steps))
-            # update = m / bc1 / (sqrt(v) / bc2_sqrt + eps), built in v's scratch
+            # update = m / bc1 / (sqrt(v) / bc2_sqrt + eps), built in v's buffer
             update = v.sqrt_().div_(bc2_sqrt).add_(eps).reciprocal_().mul_(m).div_(bc1)
-            w = _get(p, idx, lo, hi, self._scratch.get(0, g))
+            w = read_rows(p, idx, lo, hi, self._buffer("w", n, p), self._scratch, "w_in")
             update.add_(w, alpha=wd)  # decoupled decay: p -= lr * wd * p, with the same lr
-            _add(p, idx, lo, hi, update, -lr)
+            w.add_(update, alpha=-lr)
+            write_rows(p, idx, lo, hi, w, _lane(noise, slot_w), clobber=True,
+                       scratch=self._scratch, slot="w_bits")
 
 
-def _get(t: torch.Tensor, idx: torch.Tensor | None, lo: int, hi: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """A copy of the rows, in ``out`` when given (never a view: callers update it in place)."""
-    if out is None:
-        return t[lo:hi].clone() if idx is None else t.index_select(0, idx)
-    return out.copy_(t[lo:hi]) if idx is None else torch.index_select(t, 0, idx, out=out)
+def _get(t: torch.Tensor, idx: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
+    """A copy of the rows (never a view: callers update it in place)."""
+    return t[lo:hi].clone() if idx is None else t.index_select(0, idx)
 
 
 def _put(t: torch.Tensor, idx: torch.Tensor | None, lo: int, hi: int, value: torch.Tensor) -> None:
@@ -181,8 +296,14 @@ def _put(t: torch.Tensor, idx: torch.Tensor | None, lo: int, hi: int, value: tor
         t.index_copy_(0, idx, value)
 
 
-def _add(t: torch.Tensor, idx: torch.Tensor | None, lo: int, hi: int, value: torch.Tensor, alpha: float) -> None:
-    if idx is None:
-        t[lo:hi].add_(value, alpha=alpha)
-    else:
-        t.index_add_(0, idx, value, alpha=alpha)
+def _streams(*rounds: bool) -> tuple:
+    """Noise lane of each rounded tensor (None: stored exactly), then the number of lanes."""
+    lanes, count = [], 0
+    for flag in rounds:
+        lanes.append(count if flag else None)
+        count += int(flag)
+    return (*lanes, count)
+
+
+def _lane(noise: BlockNoise | None, lane: int | None) -> torch.Tensor | None:
+    return None if noise is None else noise.lane(lane)

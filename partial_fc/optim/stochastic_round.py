@@ -1,0 +1,103 @@
+"""Stochastic rounding with counter-based noise.
+
+Rounding x to a coarser format stochastically picks one of its two neighbours lo <= x <= hi,
+hi with probability (x - lo) / (hi - lo), so E[round(x)] = x: an update smaller than half a
+unit in the last place (ulp) survives on average instead of being lost, as it is with
+round-to-nearest.
+
+Noise. The 32 noise bits of element (row, column) of rounded tensor ``stream`` at an optimizer
+step are (K ^ S_column) * M mod 2^32, where K = splitmix64(step key + row * streams + stream)
+(the head's counter hash, one call per row and stream), S a fixed table of splitmix64 column
+salts and M an odd constant. So the noise is a function of (seed, step, global row id, column)
+alone: a row is rounded the same way whichever rank holds it and however many ranks there are.
+For a fixed element K is uniform, so K ^ S is, and multiplying by an odd M permutes the 2^32
+values: every element's noise is exactly uniform, and independent from step to step. Only the
+high bits are used (those mix all input bits). It costs two int32 operations per element, where
+a full splitmix64 per element would cost twelve int64 ones per four elements.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from partial_fc.head.hashing import _signed, splitmix64, stream_key
+
+_NOISE_TAG = 0x5352  # "SR": separates these streams from the sampling and init streams
+_SALT_KEY = stream_key(0x53414C54)  # "SALT": the fixed column table
+_MIX = 0x9E3779B1 - (1 << 32)  # odd (the golden ratio's 32 bits), as an int32
+_HALF16 = 1 << 15
+
+
+def step_key(seed: int, step: int) -> int:
+    """The 64-bit key of one optimizer step's noise."""
+    return stream_key(seed, _NOISE_TAG, step)
+
+
+def _low32(words: torch.Tensor) -> torch.Tensor:
+    """The low 32 bits of int64 words, as int32 (little-endian view, as on every torch device)."""
+    return words.view(torch.int32)[..., 0::2]
+
+
+def row_keys(key: int, rows: torch.Tensor, streams: int) -> torch.Tensor:
+    """(n, streams) int32 keys of the global rows ``rows`` (n,) int64 at the step of ``key``."""
+    counters = rows[:, None] * streams + torch.arange(streams, dtype=torch.int64, device=rows.device)
+    return _low32(splitmix64(counters.add_(_signed(key)))).contiguous()
+
+
+def column_salt(dim: int, device: torch.device) -> torch.Tensor:
+    """(dim,) int32 fixed random salts of the columns."""
+    columns = torch.arange(dim, dtype=torch.int64, device=device).add_(_signed(_SALT_KEY))
+    return _low32(splitmix64(columns)).contiguous()
+
+
+def element_noise(keys: torch.Tensor, salt: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """(n, D) uniform int32 noise of rows with keys (n,) and columns with salts (D,), in ``out``."""
+    return torch.bitwise_xor(keys[:, None], salt, out=out).mul_(_MIX)  # int32 multiplication wraps
+
+
+def round_bf16_bits(x: torch.Tensor, noise: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """bf16 bit patterns (an int16 view) of fp32 ``x`` rounded stochastically, built in the int32
+    buffer ``out`` (which may be ``x.view(torch.int32)`` to round in place). Consumes ``noise``.
+
+    bf16 is the top half of fp32. Adding u, uniform on [0, 2^16) (the noise's top 16 bits), to
+    the bit pattern carries into the kept half with probability (low 16 bits) / 2^16, which is
+    exactly (x - lo) / ulp: the magnitude is rounded up with that probability, for both signs
+    (sign-magnitude), and a carry into the exponent lands on the next binade's first value,
+    which is hi. So the rounding is exactly unbiased. Inf stays inf; values within an ulp of
+    the largest finite bf16 may round to inf.
+    """
+    u = noise.bitwise_right_shift_(16)  # arithmetic: the top 16 bits minus 2^15
+    torch.add(x.view(torch.int32), u, out=out).add_(_HALF16)
+    return out.view(torch.int16)[..., 1::2]  # little-endian: the high halves
+
+
+def round_fp16(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """fp16 of fp32 ``x`` rounded stochastically (normal and subnormal range alike).
+
+    y = round-to-nearest(x); the other neighbour is one fp16 step further from zero when
+    |x| > |y| and one nearer otherwise (adding +-1 to a sign-magnitude pattern moves the
+    magnitude by one step). x - y is exact in fp32 (y is within a factor 2 of x, Sterbenz), and
+    the other neighbour is taken when u < |x - y| / gap, u = (top 16 noise bits + 1/2) / 2^16,
+    so the bias is at most 2^-17 of the gap.
+    """
+    near = x.to(torch.float16)
+    near32 = near.float()
+    err = (x - near32).abs_()
+    step = torch.where(x.abs() > near32.abs(), 1, -1).to(torch.int16)
+    other = (near.view(torch.int16) + step).view(torch.float16)
+    gap = other.float().sub_(near32).abs_()
+    u = noise.bitwise_right_shift_(16).float().add_(_HALF16 + 0.5).mul_(2.0 ** -16)
+    return torch.where(u * gap < err, other, near)
+
+
+class BlockNoise:
+    """The noise of one block of rows, one lane (rounded tensor) at a time, each generated into
+    the same reused (n, D) int32 buffer just before it is consumed."""
+
+    def __init__(self, keys: torch.Tensor, salt: torch.Tensor, buffer: torch.Tensor) -> None:
+        self.keys, self.salt, self.buffer = keys, salt, buffer
+
+    def lane(self, index: int | None) -> torch.Tensor | None:
+        if index is None:
+            return None
+        return element_noise(self.keys[:, index], self.salt, self.buffer)
