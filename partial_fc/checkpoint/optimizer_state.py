@@ -69,7 +69,8 @@ def _weight_rows(shards: SavedShards, index: int, device: torch.device) -> dict[
         return saved["state"][index][key] if saved is not None and key in saved["per_row"] else None
 
     holders = [shards.files[r] for r, _, _ in shards.pieces]
-    keys = dict.fromkeys(key for payload in holders if payload["optimizer"] is not None for key in payload["optimizer"]["per_row"])
+    saved = [payload["optimizer"] for payload in holders if payload["optimizer"] is not None]
+    keys = dict.fromkeys(key for entry in saved for key in entry["per_row"])  # in order of appearance
     out = {}
     for key in keys:
         like = next(t for payload in holders if (t := rows(payload, key)) is not None)

@@ -28,6 +28,7 @@ from partial_fc.checkpoint.trainer_state import TrainerState
 from partial_fc.comm import Collectives
 from partial_fc.comm.agree import run_agreed
 
+
 def save_checkpoint(
     run_dir: str | Path, step: int, *, comm: Collectives, head: torch.nn.Module | None,
     head_optimizer: torch.optim.Optimizer | None, trainer_state: TrainerState | dict[str, Any] | None,
@@ -40,8 +41,8 @@ def save_checkpoint(
     plain data and tensors: backbone, optimizer, scheduler state dicts, data position...) is
     written by rank 0 only. ``meta_extra`` (JSON: model name/arch, config fingerprint) goes into
     meta.json and is compared on load. After the new checkpoint is complete, all but the newest
-    ``keep_last`` are deleted. Collectives: three all-gathers of a few integers, and one of one
-    integer after each of the four steps (see ``run_agreed``).
+    ``keep_last`` are deleted. Collectives: five all-gathers of a few integers (the directory's
+    token, the file records, and one after each of the three steps: see ``run_agreed``).
 
     ``head`` None (a loss without class weights, e.g. the triplet loss): no head files; meta.json
     records ``num_classes`` null. ``device`` is where the collectives' small tensors live
