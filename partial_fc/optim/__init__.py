@@ -1,5 +1,6 @@
 """Optimizers for the class centers (row-sparse) and learning-rate schedules."""
 
+from partial_fc.optim.quantized import STATE_DTYPES, WEIGHT_STORAGE, store_weight_as
 from partial_fc.optim.row_sparse import RowSparseAdamW, RowSparseSGD
 
-__all__ = ["RowSparseSGD", "RowSparseAdamW"]
+__all__ = ["RowSparseSGD", "RowSparseAdamW", "STATE_DTYPES", "WEIGHT_STORAGE", "store_weight_as"]

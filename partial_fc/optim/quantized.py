@@ -11,8 +11,9 @@ State formats (``state_dtype``), bytes per row of width D:
 - ``fp32``: the parameter's dtype when it is fp32 or wider (exactly the original optimizer),
   fp32 otherwise. 4 D.
 - ``bf16``: stochastically rounded bf16, relative error < 2^-7 (one ulp). 2 D.
-- ``int8``, signed (momentum, Adam's first moment): one fp32 scale per row, s = absmax / 127,
-  q = stochastic round(x / s) in [-127, 127]. |q s - x| < s = absmax / 127 per element (a
+- ``int8``, signed (momentum, Adam's first moment): one fp32 scale per row, s = absmax / 127
+  (times 1 + 2^-20, so that fp32 rounding never takes x / s past 127), q = stochastic
+  round(x / s) in [-127, 127]. |q s - x| < s per element (a
   round-to-nearest bound would be s / 2, but round-to-nearest is biased: an element below s / 2
   would lose its momentum for good, and one changing by less than s / 2 per step would never
   change). A row (D = 512 for face embeddings) is the block: a row's state is read and written
@@ -39,6 +40,18 @@ WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _TINY = 1e-30  # scale floor of an all-zero row: any value works, q is 0 there
 _CODE_SHIFT = 2.0 ** -96  # maps v / rowmax in [2^-30, 1] onto fp32 exponents 1..31
 _CODE_DROP = 20  # fp32 bits below the 3 kept mantissa bits
+
+
+#: ``state_dtype`` of the class centers (the head's / bench's / planner's names) -> torch dtype
+WEIGHT_STORAGE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def store_weight_as(weight: torch.nn.Parameter, name: str) -> None:
+    """Keep the class centers ``weight`` in the storage dtype ``name`` from now on (the current
+    values rounded to nearest, once, e.g. the initial rows). Call it before creating the optimizer."""
+    if name not in WEIGHT_STORAGE:
+        raise ValueError(f"class-center storage dtype must be one of {list(WEIGHT_STORAGE)}, got {name!r}")
+    weight.data = weight.data.to(WEIGHT_STORAGE[name])
 
 
 def work_dtype(p: torch.Tensor) -> torch.dtype:
@@ -86,7 +99,10 @@ def write_rows(t: torch.Tensor, idx: torch.Tensor | None, lo: int, hi: int, valu
         _put(t, idx, lo, hi, value)
     elif t.dtype == torch.bfloat16:
         out = value.view(torch.int32) if clobber else scratch.buffer(slot, tuple(value.shape), torch.int32, value.device)
-        _put(t.view(torch.int16), idx, lo, hi, round_bf16_bits(value, noise, out))
+        high = round_bf16_bits(value, noise, out)
+        if idx is not None:  # a contiguous copy first: the indexed write then moves int64 words
+            high = scratch.buffer(slot + "_16", tuple(value.shape), torch.int16, value.device).copy_(high)
+        _put(t.view(torch.int16), idx, lo, hi, high)
     elif t.dtype == torch.float16:
         _put(t, idx, lo, hi, round_fp16(value, noise))
     else:
@@ -150,10 +166,11 @@ class SignedInt8State(StateFormat):
 
     def write(self, state, name, idx, lo, hi, value, noise, scratch):
         absmax = torch.maximum(value.amax(1), value.amin(1).neg_())  # two reductions, no (n, D) temporary
-        scale = absmax.clamp_min_(_TINY).div_(127.0)
+        # s a hair above absmax / 127 keeps |x / s| < 127 despite fp32 rounding, so no clamp is needed
+        scale = absmax.clamp_min_(_TINY).mul_((1 + 2.0 ** -20) / 127.0)
         # round(x / s + u), u = noise / 2^32 uniform on [-1/2, 1/2): x / s rounded up with probability frac(x / s)
         y = scratch.get("state_y", value).copy_(noise).mul_(2.0 ** -32)
-        torch.addcdiv(y, value, scale[:, None], out=y).round_().clamp_(-127.0, 127.0)
+        torch.addcdiv(y, value, scale[:, None], out=y).round_()
         q = scratch.buffer("state_q", tuple(value.shape), torch.int8, value.device).copy_(y)
         _put(state[name + "_int8"], idx, lo, hi, q)
         _put(state[name + "_scale"], idx, lo, hi, scale)

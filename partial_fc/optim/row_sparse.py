@@ -13,10 +13,11 @@ which it was sampled. With every row sampled every step (sample_rate = 1) the re
 the dense optimizer. A dense gradient is treated as "every row sampled".
 
 Rows are processed in blocks of ``block_rows``, each in one pass: the block's rows of the
-weight and of its states are gathered into reused fp32 buffers, decayed, updated and rounded
-there, and written back with ``index_copy_``, so the working memory stays small and bounded and
-nothing is allocated per block. With fp32 weights and ``state_dtype="fp32"`` the arithmetic is
-exactly that of the unfused original.
+weight and of its states are gathered into reused fp32 buffers (``index_select(out=)``),
+decayed, updated and rounded there in place, and written back (``index_copy_``; an fp32 weight
+takes ``index_add_``, which adds as it scatters), so the working memory stays small and bounded
+and nothing is allocated per block. With fp32 weights and ``state_dtype="fp32"`` the arithmetic
+is exactly that of the original unfused optimizer (a test holds them bit for bit).
 
 Compact storage (see ``quantized`` and ``stochastic_round``): the weight is stored in its own
 dtype (fp32, bf16 or fp16) and the states as ``state_dtype`` (fp32, bf16 or 8-bit); every
@@ -137,6 +138,19 @@ class _RowSparseOptimizer(torch.optim.Optimizer):
         buffer = self._scratch.buffer("noise", (hi - lo, p.shape[1]), torch.int32, p.device)
         return BlockNoise(row_keys(key, local + self.row_offset, streams), salt, buffer)
 
+    def _apply(self, p: torch.Tensor, idx, lo: int, hi: int, w: torch.Tensor | None, update: torch.Tensor,
+               alpha: float, noise: torch.Tensor | None) -> None:
+        """p[rows] += alpha * update. A narrower p: on the gathered fp32 rows ``w``, written back
+        with stochastic rounding. An fp32 p: ``index_add_``, which adds while it scatters (one
+        indexed pass over the rows instead of an add and an indexed copy)."""
+        if p.dtype != update.dtype:
+            write_rows(p, idx, lo, hi, w.add_(update, alpha=alpha), noise, clobber=True, scratch=self._scratch,
+                       slot="w_bits")
+        elif idx is None:
+            p[lo:hi].add_(update, alpha=alpha)
+        else:
+            p.index_add_(0, idx, update, alpha=alpha)
+
     def _create_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         state = {}
         for name, fmt in self._formats.items():
@@ -212,7 +226,9 @@ class RowSparseSGD(_RowSparseOptimizer):
             n = hi - lo
             g = self._grad_block(grads, lo, hi, p)
             noise = self._noise(key, idx, lo, hi, p, streams)
-            w = read_rows(p, idx, lo, hi, self._buffer("w", n, p), self._scratch, "w_in")
+            w = None
+            if wd or slot_w is not None:
+                w = read_rows(p, idx, lo, hi, self._buffer("w", n, p), self._scratch, "w_in")
             d = g
             if wd:
                 d = torch.add(g, w, alpha=wd, out=self._buffer("d", n, p))
@@ -221,9 +237,7 @@ class RowSparseSGD(_RowSparseOptimizer):
                 m = torch.add(d, m, alpha=mu, out=m)  # mu * m + d in one pass
                 fmt.write(state, "momentum_buffer", idx, lo, hi, m, _lane(noise, slot_m), self._scratch)
                 d = torch.add(d, m, alpha=mu, out=self._buffer("d", n, p)) if nesterov else m
-            w.add_(d, alpha=-lr)
-            write_rows(p, idx, lo, hi, w, _lane(noise, slot_w), clobber=True,
-                       scratch=self._scratch, slot="w_bits")
+            self._apply(p, idx, lo, hi, w, d, -lr, _lane(noise, slot_w))
 
 
 class RowSparseAdamW(_RowSparseOptimizer):
@@ -279,9 +293,7 @@ class RowSparseAdamW(_RowSparseOptimizer):
             update = v.sqrt_().div_(bc2_sqrt).add_(eps).reciprocal_().mul_(m).div_(bc1)
             w = read_rows(p, idx, lo, hi, self._buffer("w", n, p), self._scratch, "w_in")
             update.add_(w, alpha=wd)  # decoupled decay: p -= lr * wd * p, with the same lr
-            w.add_(update, alpha=-lr)
-            write_rows(p, idx, lo, hi, w, _lane(noise, slot_w), clobber=True,
-                       scratch=self._scratch, slot="w_bits")
+            self._apply(p, idx, lo, hi, w, update, -lr, _lane(noise, slot_w))
 
 
 def _get(t: torch.Tensor, idx: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
