@@ -175,6 +175,7 @@ class TrainSection:
     zero_stage: int = 1
     log_every: int = 10
     checkpoint_every: int = 1000
+    checkpoint_every_minutes: float | None = None  # also save when this much wall-clock time passed; null: off
     keep_last: int = 3
     progress_bar: bool = True
 
@@ -187,6 +188,8 @@ class TrainSection:
         check_as("zero_stage", check_zero_stage, self.engine, self.zero_stage)
         for key in ("log_every", "checkpoint_every", "keep_last"):
             _need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        _need(self.checkpoint_every_minutes is None or self.checkpoint_every_minutes > 0, "checkpoint_every_minutes",
+              f"must be > 0 or null, got {self.checkpoint_every_minutes}")
 
 
 @dataclass(frozen=True)

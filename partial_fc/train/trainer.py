@@ -10,6 +10,7 @@ world size, config, checkpoint compatibility), each as one clear error line.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -33,6 +34,7 @@ from partial_fc.optim.head_optimizer import HeadOptimizer
 from partial_fc.optim.schedule import WarmupDecay
 from partial_fc.train.criterion import build_criterion, build_head_optimizer
 from partial_fc.train.logger import NullLogger, RunLogger, format_eta
+from partial_fc.train.preemption import PREEMPTED_EXIT_CODE, PreemptionGuard
 from partial_fc.train.verify import evaluate_pair_sets, load_pair_sets
 from partial_fc.util.atomic import write_json_atomic
 
@@ -94,10 +96,14 @@ class Run:
     head_lr: float
     schedule: WarmupDecay
     fingerprint: dict  # what a checkpoint must match to be resumed by this run
+    guard: PreemptionGuard  # preemption signals and the wall-clock checkpoint interval
     step: int = 0  # optimizer steps taken
     samples_seen: int = 0
     skipped: int = 0  # steps skipped on an fp16 overflow
     metrics: dict = field(default_factory=dict)  # of the last log line and evaluation
+
+    saved_step: int = -1  # the step of the last checkpoint this run wrote
+    preempted: bool = False  # stopped at a preemption signal (after saving)
 
     @property
     def last_step(self) -> int:
@@ -113,11 +119,23 @@ def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
         os.environ.setdefault("LOCAL_RANK", str(dist.local_rank))  # DeepSpeed reads it; srun does not set it
     try:
         run = _setup(cfg, resume=resume)
-        wall_s = _loop(run)
-        metrics = {**run.metrics, "steps": run.step, "wall_s": wall_s}
-        if run.comm.rank == 0:
-            write_json_atomic(run.run_dir / "summary.json", metrics)
-        run.log.info(f"done: {run.step} steps in {metrics['wall_s']:.0f} s; summary in {run.run_dir / 'summary.json'}")
+        summary = run.run_dir / "summary.json"
+        if run.step >= run.last_step and summary.is_file():  # resumed a finished run: keep its final metrics
+            metrics = json.loads(summary.read_text())
+            run.log.info(f"done: already at step {run.step}/{run.last_step}; summary in {summary} kept")
+        else:
+            with run.guard:
+                wall_s = _loop(run)
+            if run.preempted:
+                run.log.info(f"preempted ({run.guard.signal_name or 'signal on another rank'}) at step {run.step}: "
+                             f"checkpoint saved; exit code {PREEMPTED_EXIT_CODE} asks for a resume")
+                run.log.close()
+                cleanup(wait_for_all=True)
+                raise SystemExit(PREEMPTED_EXIT_CODE)
+            metrics = {**run.metrics, "steps": run.step, "wall_s": wall_s}
+            if run.comm.rank == 0:
+                write_json_atomic(summary, metrics)
+            run.log.info(f"done: {run.step} steps in {metrics['wall_s']:.0f} s; summary in {summary}")
         run.log.close()
         cleanup(wait_for_all=True)
         return metrics
@@ -159,7 +177,8 @@ def _setup(cfg: TrainConfig, *, resume: str | None) -> Run:
                                    kind=cfg.schedule.kind, power=cfg.schedule.power,
                                    final_ratio=cfg.schedule.final_lr_ratio),
               fingerprint={"model": to_dict(cfg.model), "num_classes": the_plan.num_classes,
-                           "embedding_dim": cfg.model.embedding_dim, "loss": cfg.loss.name})
+                           "embedding_dim": cfg.model.embedding_dim, "loss": cfg.loss.name},
+              guard=PreemptionGuard(checkpoint_every_minutes=cfg.train.checkpoint_every_minutes))
 
     ckpt = latest_checkpoint(run_dir) if resume == "auto" else resume
     if ckpt:
@@ -178,15 +197,15 @@ def _setup(cfg: TrainConfig, *, resume: str | None) -> Run:
 
 
 def _loop(run: Run) -> float:
-    """Optimizer steps until ``run.last_step``, each the engine's step then the head's; returns
-    the seconds they took."""
+    """Optimizer steps until ``run.last_step`` (or an agreed preemption stop), each the engine's
+    step then the head's; returns the seconds they took."""
     cfg, engine, last = run.cfg, run.engine, run.last_step
     if run.pair_sets and run.step == 0:  # the untrained backbone, for comparison with the trained one
         _evaluate(run, when=" before training")
     t_start = time.perf_counter()
     epoch, skip = divmod(run.step * cfg.train.grad_accum, len(run.loader))
     window = _Window()
-    while run.step < last:
+    while run.step < last and not run.preempted:
         run.loader.set_epoch(epoch)
         for images, labels in _batches(run.loader, skip):  # resume mid-epoch: the data order is deterministic
             window.data_arrived()
@@ -209,7 +228,7 @@ def _loop(run: Run) -> float:
             run.skipped += not applied
             run.log.progress(run.step, last)
             _after_step(run, loss=loss, lr=run.plan.lr * lr_factor, epoch=epoch, window=window)
-            if run.step >= last:
+            if run.step >= last or _preempted(run):
                 break
             window.wait_for_data()
         skip = 0
@@ -222,15 +241,16 @@ def _after_step(run: Run, *, loss: torch.Tensor, lr: float, epoch: int, window: 
     cfg, step, last = run.cfg, run.step, run.last_step
     if step % cfg.train.log_every == 0 or step == last:
         elapsed = window.elapsed()
-        run.metrics = {"loss": float(loss.detach()), "lr": lr, "samples_per_s": window.samples / elapsed,
-                       "data_wait": window.data_wait / elapsed, "epoch": epoch,
-                       "skipped_steps": run.skipped, "corrupt_samples": run.loader.stats.corrupt_samples}
+        data = run.loader.stats.summed(run.comm, device=run.device)  # over all ranks: one all-reduce
+        m = run.metrics = {"loss": float(loss.detach()), "lr": lr, "samples_per_s": window.samples / elapsed,
+                           "data_wait": window.data_wait / elapsed, "epoch": epoch, "skipped_steps": run.skipped,
+                           "corrupt_samples": data["corrupt_samples"], "read_errors": data["read_errors"]}
         grad_norm = run.engine.grad_norm
         if grad_norm is not None:
-            run.metrics["grad_norm"] = grad_norm
+            m["grad_norm"] = grad_norm
         eta = (last - step) * elapsed / max(1, cfg.train.log_every)
-        run.log.info(f"step {step}/{last} loss {run.metrics['loss']:.4f} lr {lr:.4g} "
-                     f"{run.metrics['samples_per_s']:,.0f} samples/s data-wait {100 * run.metrics['data_wait']:.0f}% "
+        run.log.info(f"step {step}/{last} loss {m['loss']:.4f} lr {lr:.4g} {m['samples_per_s']:,.0f} samples/s "
+                     f"data-wait {100 * m['data_wait']:.0f}% corrupt {m['corrupt_samples']} read-errors {m['read_errors']} "
                      f"eta {format_eta(eta)}")
         run.log.log(step, run.metrics)
         window.restart()
@@ -238,6 +258,16 @@ def _after_step(run: Run, *, loss: torch.Tensor, lr: float, epoch: int, window: 
         run.metrics["eval"] = _evaluate(run)
     if step % cfg.train.checkpoint_every == 0 or step == last:
         _save(run)
+
+
+def _preempted(run: Run) -> bool:
+    """The guard's decision at this step boundary (one all-reduce, on every rank): save when a
+    signal arrived on any rank or the wall-clock interval passed; True when the run must stop."""
+    decision = run.guard.check(run.comm, run.device)
+    if (decision.stop or decision.save) and run.saved_step != run.step:
+        _save(run)
+    run.preempted = decision.stop
+    return decision.stop
 
 
 def _evaluate(run: Run, *, when: str = "") -> dict:
@@ -258,6 +288,8 @@ def _save(run: Run) -> None:
                     trainer_state=TrainerState(engine=run.engine.state_dict(), step=run.step,
                                                samples_seen=run.samples_seen),
                     meta_extra=run.fingerprint, keep_last=run.cfg.train.keep_last, logger=run.log, device=run.device)
+    run.saved_step = run.step
+    run.guard.mark_saved()
 
 
 def _saved_head_opt(run: Run) -> HeadOptimizer | None:
@@ -266,7 +298,16 @@ def _saved_head_opt(run: Run) -> HeadOptimizer | None:
 
 
 def _batches(loader: Any, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    return loader.iterate(start)
+    """The epoch's batches from ``start``. Starting the iterator does not advance torch's RNG:
+    a DataLoader draws its base seed from it, and a resumed run starts its epoch's iterator
+    after the RNG is restored, which would put dropout one draw ahead of the uninterrupted run.
+    (The data order and augmentation come from the loader's own seeded generators.)"""
+    batches = iter(loader.iterate(start))
+    with torch.random.fork_rng(devices=[]):  # the CPU generator, the one the base seed comes from
+        first = next(batches, None)
+    if first is not None:
+        yield first
+        yield from batches
 
 
 class _Window:
