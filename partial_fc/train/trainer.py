@@ -10,9 +10,11 @@ world size, config, checkpoint compatibility), each as one clear error line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -124,7 +126,9 @@ def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
             metrics = json.loads(summary.read_text())
             run.log.info(f"done: already at step {run.step}/{run.last_step}; summary in {summary} kept")
         else:
-            with run.guard:
+            # signal handlers exist only in the main thread; elsewhere the guard keeps its clock
+            main = threading.current_thread() is threading.main_thread()
+            with run.guard if main else contextlib.nullcontext():
                 wall_s = _loop(run)
             if run.preempted:
                 run.log.info(f"preempted ({run.guard.signal_name or 'signal on another rank'}) at step {run.step}: "

@@ -153,3 +153,14 @@ def test_wall_clock_interval_saves_between_step_intervals(data_dir, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-4", "step-5", "step-6"]
     with pytest.raises(ConfigError, match=r"train\.checkpoint_every_minutes.*must be > 0 or null, got 0"):
         from_dict(TrainConfig, config(data_dir, run, train={"checkpoint_every_minutes": 0}))
+
+
+def test_training_in_another_thread_runs_without_signal_handlers(data_dir, tmp_path):
+    import threading
+
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(
+        train(from_dict(TrainConfig, config(data_dir, tmp_path / "run", train={"max_steps": 2}, eval=NO_EVAL)))))
+    worker.start()
+    worker.join()
+    assert result.get("steps") == 2
