@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("partial_fc.train.cli", "train a backbone with the sharded partial-FC head (torchrun or single process)"),
     "bench": ("partial_fc.bench.cli", "benchmarks: head step time and memory, data loading throughput"),
     "plan": ("partial_fc.plan.cli", "capacity planner: per-rank memory of the head, whether it fits, the largest C"),
+    "centers": ("partial_fc.centers.cli", "class centers of a checkpoint: export as one matrix, grow by new classes"),
     "eval": ("partial_fc.eval.cli", "verification, identification and IJB-B/C numbers of a trained backbone"),
     "embed": ("partial_fc.embed.cli", "embeddings of an image folder or shard set (embeddings.npy + index.jsonl)"),
     "export": ("partial_fc.export.cli", "export the backbone to ONNX or TorchScript, checked for parity"),

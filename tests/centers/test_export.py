@@ -1,0 +1,80 @@
+"""`partial-fc centers export`: one matrix from checkpoints of any world size, equal row for row
+to the head's weights. Comparisons are exact: exporting copies rows, it computes nothing (except
+--normalize, checked against an fp64 oracle)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from partial_fc import PartialFC
+from partial_fc.checkpoint import save_checkpoint
+from partial_fc.checkpoint.class_table import open_class_table
+from partial_fc.cli import main as cli_main
+from partial_fc.comm import SingleProcess
+from tests.centers.ranks import C, D
+
+
+def _export(step_dir, out, *extra: str) -> np.ndarray:
+    assert cli_main(["centers", "export", "--checkpoint", str(step_dir), "--out", str(out), *extra]) == 0
+    return np.load(out)
+
+
+def test_world_sizes_1_2_3_export_the_identical_matrix_equal_to_the_heads_rows(saved, tmp_path, capsys):
+    heads = torch.cat([r["weight"] for r in saved["original"]]).numpy()  # the world-3 ranks' shards in order
+    assert heads.shape == (C, D)
+    for world in (1, 2, 3):
+        assert json.loads((saved[f"w{world}"] / "meta.json").read_text())["world_size"] == world
+        matrix = _export(saved[f"w{world}"], tmp_path / f"w{world}.npy")
+        assert matrix.dtype == np.float32 and np.array_equal(matrix, heads), world
+    assert "(world size 2, step 3)" in capsys.readouterr().out
+    assert not list(tmp_path.glob(".*.tmp")), "the temporary file of the atomic write is left behind"
+
+
+def test_blocks_smaller_than_a_shard_give_the_same_matrix(saved, tmp_path):
+    from partial_fc.centers.export import export_npy
+
+    heads = torch.cat([r["weight"] for r in saved["original"]]).numpy()
+    export_npy(open_class_table(saved["w3"]), tmp_path / "m.npy", block_classes=4)  # blocks cross shard borders
+    assert np.array_equal(np.load(tmp_path / "m.npy"), heads)
+
+
+def test_normalize_gives_unit_rows(saved, tmp_path):
+    heads = torch.cat([r["weight"] for r in saved["original"]]).double()
+    unit = _export(saved["w2"], tmp_path / "unit.npy", "--normalize")
+    oracle = (heads / heads.norm(dim=1, keepdim=True)).numpy()
+    # float32 division of a float32 row by its float32 norm: a few ulps (~1e-7 relative)
+    np.testing.assert_allclose(unit, oracle, rtol=0, atol=1e-6)
+
+
+def test_a_run_directory_means_its_newest_checkpoint_and_a_bf16_table_widens_exactly(tmp_path):
+    head = PartialFC(C, D, margin="cosface", seed=3)
+    head.weight = torch.nn.Parameter(head.weight.detach().to(torch.bfloat16))  # a compact table
+    save_checkpoint(tmp_path / "run", 5, comm=SingleProcess(), head=head, head_optimizer=None, trainer_state={})
+    (tmp_path / "run" / "config.yaml").write_text("")  # a run directory is one with a config
+    matrix = _export(tmp_path / "run", tmp_path / "bf16.npy")
+    assert matrix.dtype == np.float32 and np.array_equal(matrix, head.weight.detach().float().numpy())
+
+
+def test_errors_name_the_file(saved, tmp_path, capsys):
+    assert cli_main(["centers", "export", "--checkpoint", str(saved["w1"]), "--out", str(tmp_path / "x.st"),
+                     "--format", "safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert "x.st" in err and "use --format npy" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.st").exists()
+    save_checkpoint(tmp_path / "pairs", 1, comm=SingleProcess(), head=None, head_optimizer=None, trainer_state={},
+                    device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="holds no class weights"):
+        open_class_table(tmp_path / "pairs" / "checkpoints" / "step-1")
+    broken = tmp_path / "broken"
+    shutil.copytree(saved["w2"], broken / "checkpoints" / "step-3")
+    shard = broken / "checkpoints" / "step-3" / "head-rank1.pt"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"head-rank1\.pt is corrupt"):
+        open_class_table(broken / "checkpoints" / "step-3")
