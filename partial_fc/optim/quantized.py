@@ -104,7 +104,9 @@ def write_rows(t: torch.Tensor, idx: torch.Tensor | None, lo: int, hi: int, valu
             high = scratch.buffer(slot + "_16", tuple(value.shape), torch.int16, value.device).copy_(high)
         _put(t.view(torch.int16), idx, lo, hi, high)
     elif t.dtype == torch.float16:
-        _put(t, idx, lo, hi, round_fp16(value, noise))
+        shape = tuple(value.shape)
+        src = value if clobber else scratch.buffer(slot + "_32", shape, torch.float32, value.device).copy_(value)
+        _put(t, idx, lo, hi, round_fp16(src, noise, scratch.buffer(slot + "_16", shape, torch.float16, value.device)))
     else:
         raise ValueError(f"cannot store {value.dtype} rows into a {t.dtype} tensor; use one of {WEIGHT_DTYPES}")
 

@@ -71,23 +71,22 @@ def round_bf16_bits(x: torch.Tensor, noise: torch.Tensor, out: torch.Tensor) -> 
     return out.view(torch.int16)[..., 1::2]  # little-endian: the high halves
 
 
-def round_fp16(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """fp16 of fp32 ``x`` rounded stochastically (normal and subnormal range alike).
+def round_fp16(x: torch.Tensor, noise: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """fp16 of fp32 ``x`` rounded stochastically, in the fp16 buffer ``out``; may overwrite ``x``
+    and consumes ``noise``.
 
-    y = round-to-nearest(x); the other neighbour is one fp16 step further from zero when
-    |x| > |y| and one nearer otherwise (adding +-1 to a sign-magnitude pattern moves the
-    magnitude by one step). x - y is exact in fp32 (y is within a factor 2 of x, Sterbenz), and
-    the other neighbour is taken when u < |x - y| / gap, u = (top 16 noise bits + 1/2) / 2^16,
-    so the bias is at most 2^-17 of the gap.
+    x 2^-112 maps fp16's normal range [2^-14, 2^16) onto fp32 exponents 1..30 and its subnormals
+    (step 2^-24) onto fp32 subnormals, where 2^13 fp32 steps make one fp16 step. So fp16 is the
+    fp32 pattern of x 2^-112 with its low 13 bits cleared, everywhere, and adding 13 uniform bits
+    before clearing them rounds exactly as ``round_bf16_bits`` does with 16. Scaling back by 2^112
+    is exact and the fp16 conversion then is too. The one inexact step: x below 2^-14 loses its
+    bits under 2^-37 when scaled (round-to-nearest), a bias of at most 2^-14 of an fp16 step there.
+    Values past fp16's range become inf.
     """
-    near = x.to(torch.float16)
-    near32 = near.float()
-    err = (x - near32).abs_()
-    step = torch.where(x.abs() > near32.abs(), 1, -1).to(torch.int16)
-    other = (near.view(torch.int16) + step).view(torch.float16)
-    gap = other.float().sub_(near32).abs_()
-    u = noise.bitwise_right_shift_(16).float().add_(_HALF16 + 0.5).mul_(2.0 ** -16)
-    return torch.where(u * gap < err, other, near)
+    y = x.mul_(2.0 ** -112)
+    bits = y.view(torch.int32)
+    bits.add_(noise.bitwise_right_shift_(19)).add_(1 << 12).bitwise_and_(-(1 << 13))  # u = top 13 bits
+    return out.copy_(y.mul_(2.0 ** 112))
 
 
 class BlockNoise:
