@@ -29,8 +29,8 @@ def target_logit(name: str, params: dict, x: torch.Tensor, w: torch.Tensor, step
     if name == "softmax":
         return x @ w
     if name == "lsoftmax":
-        lam = _lambda(step, params.get("lambda_base", 0.0), params.get("lambda_gamma", 0.12),
-                      params.get("lambda_power", 1.0), params.get("lambda_min", 0.0))
+        lam = _lambda(step, params.get("lambda_base", 1000.0), params.get("lambda_gamma", 2.5e-5),
+                      params.get("lambda_power", 35.0), params.get("lambda_min", 0.0))
         return xn * wn * (lam * cos + _psi(theta, params.get("m", 4))) / (1 + lam)
     if name == "sphereface":
         lam = _lambda(step, params.get("lambda_base", 1000.0), params.get("lambda_gamma", 0.12),
@@ -48,7 +48,7 @@ def target_logit(name: str, params: dict, x: torch.Tensor, w: torch.Tensor, step
         else:
             m1, m2, m3 = params.get("m1", 1.0), params.get("m2_rad", 0.3), params.get("m3", 0.2)
         theta_t = (math.pi - m2) / m1
-        if float(theta) <= theta_t:
+        if float(theta.detach()) <= theta_t:
             return s * (torch.cos(m1 * theta + m2) - m3)
         # beyond theta_t: the line in cos theta through (cos theta_t, -1 - m3)
         return s * (cos - math.cos(theta_t) - 1 - m3)
@@ -146,7 +146,10 @@ def modern_loss(name: str, params: dict, x: torch.Tensor, weight: torch.Tensor, 
             l_m, u_m = params.get("l_m_rad", 0.45), params.get("u_m_rad", 0.8)
             a = x[i].norm().clamp(l_a, u_a)
             m = (u_m - l_m) / (u_a - l_a) * (a - l_a) + l_m
-            tgt = s * _arc(theta, cy, m)
+            if params.get("easy_margin", True) and float(cy) <= 0:
+                tgt = s * cy  # the official MagLinear's easy margin: no margin at theta >= 90 deg
+            else:
+                tgt = s * _arc(theta, cy, m)
         elif name == "adaface":
             m, h, eps = params.get("margin", 0.4), params.get("h", 0.333), 1e-3
             n_i = min(max(float(x[i].detach().norm()), 0.001), 100.0)

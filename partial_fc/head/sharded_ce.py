@@ -27,8 +27,9 @@ once per step before the tiles and its state is a constant of the backward;
 
 Memory: at most one tile of chunk_size x B logits is alive. The last tile of the forward is
 kept (as exponentials) for the backward; the other tiles are recomputed there. With the
-whole sampled shard in one tile (S <= chunk_size) nothing is recomputed. Tiles and the
-class-row gradient live in a ``Workspace`` reused from step to step.
+whole sampled shard in one tile (S <= chunk_size) nothing is recomputed. A learned scale adds
+one scratch of min(chunk_size, 1024) x B in the forward. Tiles and the class-row gradient live
+in a ``Workspace`` reused from step to step.
 
 Gradients: loss = mean over the B samples of (logsumexp_j z_ij - z_{i,y_i}); the gradient of
 this mean, exact for this rank's classes, is returned for x, x' and the class rows. The class
@@ -126,7 +127,7 @@ class ShardedMarginCE(torch.autograd.Function):
             run_max = new_max
             if keep_last and tile.stop == num_sampled:
                 last = tile
-            del tile, exps  # drop the tile before the next one exists: one tile alive at a time
+            del tile, exps, shifted  # drop the tile before the next one exists: one tile alive at a time
 
         global_max = comm.all_reduce_(run_max.clone(), "max")
         stats = torch.zeros(3 if learn_scale else 2, batch, dtype=x.dtype, device=x.device)

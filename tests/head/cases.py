@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from partial_fc.head.row_init import init_class_rows
@@ -10,7 +12,7 @@ from partial_fc.head.row_init import init_class_rows
 # one saturated logit; sphereface/lsoftmax are exercised at a step where lambda is small.
 MARGINS: dict[str, dict] = {
     "softmax": {},
-    "lsoftmax": {"m": 3},
+    "lsoftmax": {"m": 3, "lambda_base": 0.0},  # psi alone: the recipe's lambda would still be ~700 at STEP
     "sphereface": {"m": 4},
     "l2softmax": {"alpha": 8.0},
     "normface": {"scale": 16.0},
@@ -35,3 +37,18 @@ def global_batch(num_classes: int, dim: int, batch: int, *, seed: int = 0) -> tu
 
 def full_weight(num_classes: int, dim: int) -> torch.Tensor:
     return init_class_rows(SEED, 0, num_classes, dim, std=INIT_STD, dtype=torch.float64)
+
+
+def batch_at_angles(weight: torch.Tensor, labels: torch.Tensor, thetas: list[float], norms: list[float], *,
+                    seed: int = 0) -> torch.Tensor:
+    """fp64 embeddings x_i with |x_i| = norms[i] at exactly the angle thetas[i] from row labels[i]
+    of ``weight``: x_i = |x_i| (cos theta w_hat + sin theta v_hat), v_hat a random unit vector
+    orthogonal to w_hat. Puts targets where random batches never go (past pi - m, every psi branch)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for y, theta, norm in zip(labels.tolist(), thetas, norms):
+        w_hat = weight[y] / weight[y].norm()
+        v = torch.randn(weight.shape[1], generator=g, dtype=torch.float64)
+        v = v - (v @ w_hat) * w_hat
+        rows.append(norm * (math.cos(theta) * w_hat + math.sin(theta) * v / v.norm()))
+    return torch.stack(rows)

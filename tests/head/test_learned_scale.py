@@ -105,10 +105,10 @@ def test_whole_head_passes_gradcheck_in_the_scale():
 
 def test_the_parameter_is_what_the_head_optimizer_sees():
     fixed = PartialFC(10, 4, margin="normface")
-    assert [n for n, _ in fixed.named_parameters()] == ["weight"]  # the default adds nothing
+    assert not any(n.startswith("margin.") for n, _ in fixed.named_parameters())  # the default adds nothing
     learned = PartialFC(10, 4, margin=margins.build("normface", scale=INITIAL_SCALE, learn_scale=True))
     params = dict(learned.named_parameters())
-    assert list(params) == ["weight", "margin.scale_param"]
+    assert list(params) == [n for n, _ in fixed.named_parameters()] + ["margin.scale_param"]
     s = params["margin.scale_param"]
     assert s.requires_grad and s.shape == () and float(s.detach()) == INITIAL_SCALE
     assert "margin.scale_param" in learned.state_dict()  # checkpoints with the head
@@ -135,3 +135,17 @@ def test_scale_is_kept_above_its_minimum():
 def test_bad_scale_parameters_name_the_value(params, match):
     with pytest.raises(ValueError, match=match):
         margins.build("normface", **params)
+
+
+@pytest.mark.parametrize("chunk", [64, 2048])
+def test_learned_scale_adds_at_most_one_bounded_scratch(chunk):
+    from tests.head.test_memory_bound import LogitTracker
+
+    num_classes, dim, batch = 3001, 8, 48
+    head = PartialFC(num_classes, dim, margin=margins.build("normface", scale=10.0, learn_scale=True), chunk_size=chunk)
+    x = torch.randn(batch, dim, requires_grad=True)
+    tracker = LogitTracker(batch, dim)
+    with tracker:
+        head(x, torch.randint(0, num_classes, (batch,))).backward()
+    # one tile plus the (min(chunk, 1024) x B) scratch of sum_j exp(u) u
+    assert batch * chunk < tracker.peak_logits <= batch * (chunk + min(chunk, 1024))

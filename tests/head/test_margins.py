@@ -50,6 +50,8 @@ def test_paper_defaults():
     assert sphere.m == 4 and sphere.anneal == dict(base=1000.0, gamma=0.12, power=1.0, minimum=5.0)
     comb = margins.build("combined")
     assert (comb.m1, comb.m2_rad, comb.m3) == (1.0, 0.3, 0.2)
+    norm, l2 = margins.build("normface"), margins.build("l2softmax")
+    assert (norm.scale, norm.learn_scale, l2.alpha) == (64.0, False, 16.0)
 
 
 @pytest.mark.parametrize("name,params,match", [

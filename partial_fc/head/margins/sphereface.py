@@ -2,6 +2,11 @@
 |x| (lambda cos theta_y + psi(theta_y)) / (1 + lambda) with m = 4 and lambda annealed as in
 its Caffe implementation (base 1000, gamma 0.12, power 1, minimum 5). The schedule runs on the
 head's training step, which is checkpointed with the head.
+
+The gradient is the exact derivative of this target. The Caffe layer's backward is not: it
+drops psi' from the class-weight gradient and rescales the target's feature gradient, which
+puts it 12-13 % from the exact gradient at lambda = 20 and 33-36 % at lambda = 5 for targets at
+60 degrees (docs/losses.md, "SphereFace: the official backward is not the exact gradient").
 """
 
 from __future__ import annotations
