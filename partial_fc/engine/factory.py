@@ -8,6 +8,7 @@ from torch import nn
 
 from partial_fc.engine.base import BackboneEngine
 from partial_fc.engine.backbone_optim import OptimizerSpec
+from partial_fc.engine.stages import check_zero_stage
 
 ENGINES = ("ddp", "deepspeed")
 
@@ -23,9 +24,8 @@ def build_engine(name: str, model: nn.Module, *, optimizer: OptimizerSpec | dict
     """
     spec = optimizer if isinstance(optimizer, OptimizerSpec) else OptimizerSpec(**optimizer)
     common = dict(precision=precision, grad_accum=grad_accum, max_grad_norm=max_grad_norm)
+    check_zero_stage(name, zero_stage)
     if name == "ddp":
-        if zero_stage != 1:
-            raise ValueError(f"zero_stage={zero_stage} needs engine 'deepspeed'; DDP has no ZeRO stages")
         from partial_fc.engine.ddp import DDPEngine
 
         return DDPEngine(model, spec, **common, **kwargs)

@@ -13,4 +13,4 @@ def check_zero_stage(engine: str, zero_stage: int) -> None:
                              "(stage 3 shards parameters, which the backbone does not need)")
     elif zero_stage != 1 or isinstance(zero_stage, bool):
         raise ValueError(f"zero_stage must be 1 with engine {engine!r} (DDP has no ZeRO stages), got {zero_stage!r}; "
-                         "set the engine to 'deepspeed' for stage 2")
+                         "stage 2 needs engine 'deepspeed'")

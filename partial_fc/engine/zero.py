@@ -24,17 +24,15 @@ from torch import Tensor, nn
 
 from partial_fc.engine.base import BackboneEngine, check_grad_accum, check_precision
 from partial_fc.engine.backbone_optim import OptimizerSpec, make_optimizer
+from partial_fc.engine.stages import check_zero_stage
 
-ZERO_STAGES = (1, 2)
 
 
 def deepspeed_config(*, zero_stage: int, precision: str, grad_accum: int, max_grad_norm: float | None,
                      micro_batch_size: int) -> dict[str, Any]:
     """Our settings as a DeepSpeed config dict. The optimizer is ours (a torch optimizer),
     hence ``zero_allow_untested_optimizer``."""
-    if zero_stage not in ZERO_STAGES:
-        raise ValueError(f"zero_stage must be one of {list(ZERO_STAGES)}, got {zero_stage} "
-                         "(stage 3 shards parameters, which the backbone does not need)")
+    check_zero_stage("deepspeed", zero_stage)
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size,  # bookkeeping only: we feed the data
         "gradient_accumulation_steps": grad_accum,
@@ -51,7 +49,7 @@ def deepspeed_config(*, zero_stage: int, precision: str, grad_accum: int, max_gr
 class DeepSpeedEngine(BackboneEngine):
     """``deepspeed.initialize`` on the backbone with a torch optimizer built from ``OptimizerSpec``.
 
-    Needs an initialised default process group (``partial_fc.comm.init.init_distributed``);
+    Needs an initialised default process group (``partial_fc.comm.process_group.init_distributed``);
     DeepSpeed reuses it. ``state_dict``/``load_state_dict`` are collective (every rank calls them).
     """
 

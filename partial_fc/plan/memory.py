@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from partial_fc.head.checks import check_sample_rate
+
 STATE_DTYPES = {"fp32": 4, "bf16": 2, "fp16": 2}
 OPTIM_STATES = {"fp32": 4, "bf16": 2, "int8": 1}
 OFFLOADS = ("none", "host", "mmap")
@@ -105,8 +107,7 @@ def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sam
                         ("batch_size", batch_size), ("subcenters", subcenters), ("chunk_size", chunk_size)):
         if not (isinstance(value, int) and value >= 1):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if not 0.0 < sample_rate <= 1.0:
-        raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+    check_sample_rate(sample_rate)
     if classes < world_size:
         raise ValueError(f"classes ({classes}) must be >= world_size ({world_size})")
     _check_choice("state_dtype", state_dtype, STATE_DTYPES)
