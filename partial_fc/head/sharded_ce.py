@@ -228,9 +228,9 @@ def _row_ids(classes: torch.Tensor, k: int) -> torch.Tensor:
 def _take_rows(weight: torch.Tensor, rows: torch.Tensor | None, pos: torch.Tensor, k: int = 1) -> torch.Tensor:
     """(n, D) class rows at sampled positions pos, or (n, K, D) with sub-centers."""
     classes = pos if rows is None else rows[pos]
-    if k == 1:
-        return weight.index_select(0, classes)
-    return weight.index_select(0, _row_ids(classes, k)).view(-1, k, weight.shape[1])
+    w = weight.index_select(0, classes if k == 1 else _row_ids(classes, k))
+    w = w.to(torch.promote_types(w.dtype, torch.float32))  # bf16 / fp16 storage is computed in fp32
+    return w if k == 1 else w.view(-1, k, weight.shape[1])
 
 
 def _to_subcenter_rows(probs: torch.Tensor, best: torch.Tensor, k: int, workspace: Workspace) -> torch.Tensor:
@@ -266,10 +266,15 @@ def _compute_tile(x_scaled, weight, rows, start, stop, margin, owned, pos, targe
     opts = dict(dtype=x_scaled.dtype, device=x_scaled.device)
     k = margin.subcenters
     n = (stop - start) * k
-    if rows is None:
+    ids = None if rows is None else _row_ids(rows[start:stop], k)
+    if weight.dtype != x_scaled.dtype:  # bf16 / fp16 storage: gather, then widen into the tile's dtype
+        stored = weight[start * k : stop * k] if ids is None else torch.index_select(
+            weight, 0, ids, out=workspace.get("tile_w_stored", (n, weight.shape[1]), dtype=weight.dtype, device=weight.device))
+        w = workspace.get("tile_w", (n, weight.shape[1]), **opts).copy_(stored)
+    elif ids is None:
         w = weight[start * k : stop * k]
     else:
-        w = torch.index_select(weight, 0, _row_ids(rows[start:stop], k), out=workspace.get("tile_w", (n, weight.shape[1]), **opts))
+        w = torch.index_select(weight, 0, ids, out=workspace.get("tile_w", (n, weight.shape[1]), **opts))
     # classes x batch: the layout in which all three GEMMs run fastest on CPU
     logits = torch.mm(w, x_scaled.t(), out=workspace.get("tile_logits", (n, x_scaled.shape[0]), **opts))
     inv_norm = None
