@@ -13,6 +13,7 @@ classes C .. C + N - 1 added (see ``partial_fc.centers.grow``).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from partial_fc.eval.device import add_device_argument, pick_device
 
@@ -72,7 +73,10 @@ def _grow(args: argparse.Namespace) -> int:
                      device=pick_device(args.device), progress=not args.quiet)
     for note in grown.notes:
         print(f"note: {note}")
+    config = Path(args.out) / "config.yaml"
+    how = (f"partial-fc train --config {config} --set data.train=... train.max_steps=..." if config.is_file()
+           else f"partial-fc train --resume {grown.checkpoint} with head.num_classes={grown.num_classes}")
     print(f"grew {grown.old_classes:,} classes to {grown.num_classes:,} (new rows from the "
           f"{'mean embedding of their images' if grown.rows == 'images' else 'seed rule'}): {grown.checkpoint}; "
-          f"fine-tune with: partial-fc train --config {args.out}/config.yaml --set data.train=... train.max_steps=...")
+          f"fine-tune with: {how}")
     return 0

@@ -1,8 +1,8 @@
 """Every class center of a checkpoint as one ``.npy`` matrix, written block by block.
 
-The (C K, D) matrix goes straight into a memory-mapped ``.npy`` (a temporary name beside the
-output, renamed when complete: ``util.atomic``), so neither the table nor the output needs to
-fit in memory: one block of rows at a time is copied out of the mapped shards.
+The (C K, D) matrix is streamed into a ``.npy`` (a temporary name beside the output, renamed
+when complete: ``util.atomic``), so neither the table nor the output needs to fit in memory:
+one block of rows at a time is copied out of the memory-mapped shards and appended.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import numpy as np
 import torch
 
 from partial_fc.checkpoint.class_table import ClassTable
+from partial_fc.checkpoint.space import space_errno
 from partial_fc.util.atomic import atomic_path
 
 BLOCK_CLASSES = 65536
 #: the weight dtypes a .npy keeps as they are; bf16 (no numpy dtype) is widened to float32 exactly
 _NUMPY = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+_TORCH = {np.dtype(v): k for k, v in _NUMPY.items()}
 
 
 def output_dtype(weight_dtype: torch.dtype, *, normalize: bool) -> np.dtype:
@@ -36,13 +38,18 @@ def export_npy(table: ClassTable, out: str | Path, *, normalize: bool = False,
     unit rows (each row divided by its L2 norm, computed in float32 or wider). Returns (shape, dtype)."""
     dtype = output_dtype(table.dtype, normalize=normalize)
     shape = (table.num_classes * table.rows_per_class, table.embedding_dim)
-    k = table.rows_per_class
-    with atomic_path(out) as tmp:
-        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-        for lo, hi, rows in table.blocks(block_classes):
-            if normalize:
-                rows = torch.nn.functional.normalize(rows.to(torch.promote_types(rows.dtype, torch.float32)), dim=1)
-            matrix[lo * k : hi * k] = rows.to(torch.float32 if rows.dtype == torch.bfloat16 else rows.dtype).numpy()
-        matrix.flush()
-        del matrix
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    try:
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
+            # plain sequential writes, not a memory map: a full disk is an OSError here, not a SIGBUS
+            np.lib.format.write_array_header_2_0(f, header)
+            for _, _, rows in table.blocks(block_classes):
+                if normalize:
+                    rows = torch.nn.functional.normalize(rows.to(torch.promote_types(rows.dtype, torch.float32)), dim=1)
+                f.write(np.ascontiguousarray(rows.to(_TORCH[dtype]).numpy()).tobytes())
+    except OSError as e:
+        if space_errno(e) is None:
+            raise
+        raise ValueError(f"no room writing {out} ({shape[0]} x {shape[1]} {dtype}, {dtype.itemsize * shape[0] * shape[1]:,} "
+                         f"bytes): {e.strerror}; free space there or choose another --out") from e
     return shape, dtype

@@ -145,8 +145,10 @@ def _grown_optimizer(table: ClassTable, start: int, stop: int) -> dict[str, Any]
     c_old, old_hi = table.num_classes, min(stop, table.num_classes)
     for key in per_row:
         like = next(e["state"][index][key] for e in entries if key in e["per_row"])
-        rows = lambda payload, key=key: (payload["optimizer"]["state"][index][key]
-                                         if key in payload["optimizer"]["per_row"] else None)
+        def rows(payload: dict[str, Any], key: str = key) -> torch.Tensor | None:
+            saved_rows = payload["optimizer"]
+            return saved_rows["state"][index][key] if key in saved_rows["per_row"] else None
+
         parts = [table.part(start, old_hi).assemble(rows, like=like)] if start < old_hi else []
         new = (stop - max(start, c_old)) * table.rows_per_class
         if new > 0:

@@ -9,7 +9,7 @@ import torch
 from partial_fc import PartialFC
 from partial_fc.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from partial_fc.comm import make_collectives
-from partial_fc.optim import RowSparseSGD
+from partial_fc.optim import RowSparseAdamW, RowSparseSGD
 
 C, D, SEED, STEPS = 29, 6, 7, 3  # 29 classes: uneven shards at world sizes 2 and 3
 EXTRA = {"arch": "toy", "num_classes": C}  # the trainer's fingerprint counts the classes
@@ -63,3 +63,22 @@ def load_grown(rank: int, world: int, path: str, num_classes: int) -> dict:
     head(x, y).backward()
     opt.step()
     return {**loaded, "after": head.weight.detach().clone()}
+
+
+def make_int8_adamw(num_classes: int) -> tuple[PartialFC, RowSparseAdamW]:
+    head = PartialFC(num_classes, D, margin="cosface", sample_rate=0.5, seed=SEED)
+    return head, RowSparseAdamW([head.weight], lr=0.01, weight_decay=0.1, state_dtype="int8")
+
+
+def train_int8_and_save(rank: int, world: int, run_dir: str) -> dict:
+    """AdamW with 8-bit moments (codes and per-row scales, compact state), STEPS steps, a save."""
+    comm = make_collectives()
+    head, opt = make_int8_adamw(C)
+    g = torch.Generator().manual_seed(200 + rank)
+    for _ in range(STEPS):
+        x, y = torch.randn(4, D, generator=g), torch.randint(0, C, (4,), generator=g)
+        head(x, y).backward()
+        opt.step()
+        opt.zero_grad()
+    save_checkpoint(run_dir, STEPS, comm=comm, head=head, head_optimizer=opt, trainer_state={}, meta_extra=EXTRA)
+    return {key: value.clone() for key, value in opt.state[head.weight].items()}

@@ -5,7 +5,11 @@ to the head's weights. Comparisons are exact: exporting copies rows, it computes
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +21,8 @@ from partial_fc.checkpoint.class_table import open_class_table
 from partial_fc.cli import main as cli_main
 from partial_fc.comm import SingleProcess
 from tests.centers.ranks import C, D
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _export(step_dir, out, *extra: str) -> np.ndarray:
@@ -78,3 +84,32 @@ def test_errors_name_the_file(saved, tmp_path, capsys):
     shard.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"head-rank1\.pt is corrupt"):
         open_class_table(broken / "checkpoints" / "step-3")
+
+
+def test_a_file_that_does_not_fit_is_one_line_and_leaves_nothing(saved, tmp_path):
+    # its own process: the file size limit (RLIMIT_FSIZE, the kernel answers EFBIG; SIGXFSZ ignored
+    # so the write fails instead of killing the process) must not touch the test runner
+    code = ("import sys; from tests.centers.test_export import _export_under_fsize_limit; "
+            "_export_under_fsize_limit(sys.argv[1], sys.argv[2])")
+    out = tmp_path / "centers.npy"
+    done = subprocess.run([sys.executable, "-c", code, str(saved["w3"]), str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith(f"no room writing {out} (29 x 6 float32, 696 bytes): File too large"), line
+    assert "\n" not in line and list(tmp_path.iterdir()) == []
+
+
+def _export_under_fsize_limit(step_dir: str, out: str) -> None:
+    import resource
+    import signal
+
+    from partial_fc.centers.export import export_npy
+
+    table = open_class_table(step_dir)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (512, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    try:
+        export_npy(table, out)  # 128 header bytes + 696
+    except ValueError as e:
+        print(e)

@@ -13,7 +13,7 @@ import torch
 
 from partial_fc import PartialFC
 from partial_fc.centers.new_rows import seed_rows
-from partial_fc.checkpoint import read_meta, save_checkpoint
+from partial_fc.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from partial_fc.checkpoint.class_table import open_class_table
 from partial_fc.checkpoint.files import safe_load, sha256_of
 from partial_fc.checkpoint.grow import grow_checkpoint
@@ -124,3 +124,33 @@ def test_refusals_are_one_line_naming_what_was_expected(saved, grown, tmp_path, 
         grow_checkpoint(saved["w3"], tmp_path / "c", add=2, new_rows=lambda lo, hi: torch.zeros(1, D))
     assert not list((tmp_path / "c" / "checkpoints").iterdir()), "a failed grow leaves its temporary directory"
     assert np.isfinite(open_class_table(grown).rows(0, C + N).numpy()).all()
+
+
+def test_compact_8_bit_optimizer_state_of_new_rows_is_a_fresh_optimizers(tmp_path):
+    from tests.centers.ranks import make_int8_adamw, train_int8_and_save
+
+    saved = run_ranks(train_int8_and_save, 2, str(tmp_path / "src"))
+    source = tmp_path / "src" / "checkpoints" / f"step-{STEPS}"
+    assert cli_main(["centers", "grow", "--checkpoint", str(source), "--add", "3", "--out", str(tmp_path / "out"),
+                     "--world-size", "1", "--quiet"]) == 0
+    head, opt = make_int8_adamw(C + 3)
+    load_checkpoint(tmp_path / "out" / "checkpoints" / f"step-{STEPS}", comm=SingleProcess(), head=head,
+                    head_optimizer=opt)
+    state = opt.state[head.weight]
+    assert sorted(state) == sorted(saved[0])
+    x, y = torch.randn(4, D), torch.arange(C - 1, C + 3)
+    head(x, y).backward()
+    fresh_head, fresh = make_int8_adamw(C + 3)
+    fresh_head(x, y).backward()
+    fresh.step()  # creates the state of every row: what a row holds before its first update
+    untouched = fresh.state[fresh_head.weight]["row_steps"] == 0  # neither a positive nor a sampled negative
+    assert untouched.any()
+    for key, value in state.items():
+        old = torch.cat([r[key] for r in saved])
+        assert value.dtype == old.dtype and torch.equal(value[:C], old), key
+        assert torch.equal(value[C:], torch.zeros_like(value[C:])), key
+        before = fresh.state[fresh_head.weight][key][untouched]
+        assert before.dtype == value.dtype and not before.any(), key
+    assert (state["row_steps"][:C] > 0).any()
+    opt.step()
+    assert torch.isfinite(head.weight).all() and (opt.state[head.weight]["row_steps"][C:] == 1).all()
