@@ -184,6 +184,20 @@ class _RowSparseOptimizer(torch.optim.Optimizer):
                 if key in expected:
                     state[key] = value.to(device=p.device, dtype=expected[key][1])
 
+    def _state(self, p: torch.Tensor) -> dict:
+        """The parameter's state, created on first use, and checked to be in this optimizer's
+        format (a checkpoint loader may have set ``self.state`` directly)."""
+        state = self.state[p]
+        expected = self._expected(p)
+        if not state:
+            state.update(self._create_state(p))
+        elif not all(key in state and state[key].dtype == dtype for key, (_, dtype) in expected.items()):
+            have = sorted(f"{k} ({v.dtype})" for k, v in state.items() if torch.is_tensor(v))
+            want = sorted(f"{k} ({dtype})" for k, (_, dtype) in expected.items())
+            raise ValueError(f"optimizer state holds {have}, but state_dtype={self.state_dtype!r} keeps {want}; "
+                             "load a checkpoint saved with the same state_dtype")
+        return state
+
     def _update(self, p: torch.Tensor, group: dict, rows: torch.Tensor | None, grads: torch.Tensor, key: int) -> None:
         raise NotImplementedError
 
@@ -217,10 +231,8 @@ class RowSparseSGD(_RowSparseOptimizer):
 
     def _update(self, p, group, rows, grads, key):
         lr, mu, wd, nesterov = group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]
-        state = self.state[p]
+        state = self._state(p) if mu else self.state[p]
         fmt = self._formats["momentum_buffer"]
-        if mu and not state:
-            state.update(self._create_state(p))
         slot_w, slot_m, streams = _streams(p.dtype != work_dtype(p), bool(mu) and fmt.rounds)
         for lo, hi, idx in self._blocks(rows, grads):
             n = hi - lo
@@ -262,6 +274,9 @@ class RowSparseAdamW(_RowSparseOptimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay),
                          block_rows=block_rows, state_dtype=state_dtype, seed=seed, row_offset=row_offset)
 
+    def _create_state(self, p):
+        return dict(super()._create_state(p), row_steps=torch.zeros(p.shape[0], dtype=work_dtype(p), device=p.device))
+
     def _expected(self, p):
         # per-row update counts in the block's work dtype, as torch's AdamW keeps its step in the
         # parameter's float dtype: exact to 2^24 updates of one row (fp32)
@@ -269,11 +284,8 @@ class RowSparseAdamW(_RowSparseOptimizer):
 
     def _update(self, p, group, rows, grads, key):
         lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        state = self.state[p]
+        state = self._state(p)
         fm, fv = self._formats["exp_avg"], self._formats["exp_avg_sq"]
-        if not state:
-            state.update(self._create_state(p))
-            state["row_steps"] = torch.zeros(p.shape[0], dtype=work_dtype(p), device=p.device)
         slot_w, slot_m, slot_v, streams = _streams(p.dtype != work_dtype(p), fm.rounds, fv.rounds)
         for lo, hi, idx in self._blocks(rows, grads):
             n = hi - lo

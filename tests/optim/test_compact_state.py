@@ -155,6 +155,15 @@ def test_a_state_saved_in_another_format_is_an_error():
         other.load_state_dict(opt.state_dict())
 
 
+def test_a_state_set_directly_in_another_format_is_an_error_at_the_next_step():
+    """Checkpoint loaders may assign ``optimizer.state`` without ``load_state_dict``."""
+    p = torch.nn.Parameter(torch.zeros(4, 8))
+    opt = RowSparseSGD([p], state_dtype="int8", **SGD_KW)
+    opt.state[p] = {"momentum_buffer": torch.zeros(4, 8)}
+    with pytest.raises(ValueError, match=r"state_dtype='int8' keeps \['momentum_buffer_int8 \(torch.int8\)'"):
+        apply(opt, p, sparse_steps(4, 8, 1, fraction=1.0))
+
+
 def test_persistent_bytes_per_class_with_bf16_weights_and_int8_momentum():
     dim = 512
     p = torch.nn.Parameter(torch.zeros(10, dim, dtype=torch.bfloat16))
