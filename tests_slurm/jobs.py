@@ -23,10 +23,10 @@ def user_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def train_overrides(data: Path, run_dir: Path, **train: object) -> list[str]:
+def train_overrides(data: Path, run_dir: Path, *, workers: int = 1, **train: object) -> list[str]:
     """configs/demo.yaml made small: 32 px images, 8 per rank, 20 steps per epoch."""
     sets = {"run_dir": run_dir, "data.train": data, "model.input_size": 32, "data.batch_size": 8,
-            "data.num_workers": 1, "data.shuffle_buffer": 50, "train.log_every": 1, "train.checkpoint_every": 10,
+            "data.num_workers": workers, "data.shuffle_buffer": 50, "train.log_every": 1, "train.checkpoint_every": 10,
             "eval.pairs": f"[{data / 'heldout.pairs.npz'}]", "eval.every": 10_000}
     sets.update({f"train.{k}": v for k, v in train.items()})
     return [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]

@@ -27,6 +27,23 @@ needs_guard = pytest.mark.skipif(not _trainer_calls_the_guard(),
                                         "a signal cannot make it save and exit 75")
 
 
+def _loader_workers_ignore_signals() -> tuple[bool, str]:
+    """Does the training loader's worker_init_fn make DataLoader workers ignore SIGTERM and
+    SIGUSR1? Probed in a child interpreter: call it, then read the handlers."""
+    probe = ("import signal; from partial_fc.data.loaders.stream import _worker_init; _worker_init(0); "
+             "print(all(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGTERM, signal.SIGUSR1)))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
+    if out.returncode != 0:
+        return False, f"cannot probe the loader's worker_init_fn: {out.stderr.strip().splitlines()[-1:]}"
+    return out.stdout.strip() == "True", "the loader's worker_init_fn does not call partial_fc.train.preemption.ignore_in_worker"
+
+
+_WORKERS_OK, _WORKERS_WHY = _loader_workers_ignore_signals()
+# 0: no DataLoader worker, the trainer and the launch path alone; 1: a worker per rank, which the
+# job's SIGTERM/SIGUSR1 reach too (it must survive until the main process has saved)
+WORKERS = [0, pytest.param(1, marks=pytest.mark.skipif(not _WORKERS_OK, reason=_WORKERS_WHY))]
+
+
 def _summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
@@ -83,11 +100,13 @@ def _check_resumed_losing_at_most_one_step(log: str, total: int) -> None:
 
 @needs_guard
 @pytest.mark.timeout(900)
-def test_preemption_with_grace_time_requeues_and_completes(tmp_path, slurm_data):
+@pytest.mark.parametrize("workers", WORKERS)
+def test_preemption_with_grace_time_requeues_and_completes(tmp_path, slurm_data, workers):
     out = tmp_path / "job.out"
     total = 300
     job = sbatch(["--nodes", "1", "--cpus-per-task", "2", f"--output={out}", SBATCH, "configs/demo.yaml",
-                  *train_overrides(slurm_data, tmp_path / "run", epochs=100, max_steps=total, checkpoint_every=1000)],
+                  *train_overrides(slurm_data, tmp_path / "run", workers=workers, epochs=100, max_steps=total,
+                                   checkpoint_every=1000)],
                  env=user_env(NPROC_PER_NODE="2"))
     wait_for_log(out, rf"^step 20/{total} ", job_id=job, timeout_s=180)
     # a job of the higher-priority partition that needs every CPU: SLURM preempts ours
@@ -105,12 +124,16 @@ def test_preemption_with_grace_time_requeues_and_completes(tmp_path, slurm_data)
 
 @needs_guard
 @pytest.mark.timeout(1200)
-def test_time_limit_signal_requeues_and_completes(tmp_path, slurm_data):
+@pytest.mark.parametrize("workers", WORKERS)
+def test_time_limit_signal_requeues_and_completes(tmp_path, slurm_data, workers):
     out = tmp_path / "job.out"
-    total = 600  # more than fits before the USR1 that comes 0-60 s early of 1 of the 2 minutes
+    # ~20 steps/s here: the USR1 comes 60-120 s after the start (SLURM sends it up to 60 s early),
+    # so the first attempt is still training then; the rest fits in the second attempt or a third
+    total = 3000
     job = sbatch(["--nodes", "1", "--cpus-per-task", "2", "--time=2", "--signal=B:USR1@60", f"--output={out}",
                   SBATCH, "configs/demo.yaml",
-                  *train_overrides(slurm_data, tmp_path / "run", epochs=100, max_steps=total, checkpoint_every=1000)],
+                  *train_overrides(slurm_data, tmp_path / "run", workers=workers, epochs=100, max_steps=total,
+                                   checkpoint_every=1000)],
                  env=user_env(NPROC_PER_NODE="2"))
     info = wait_ended(job, timeout_s=900)
     log = out.read_text()
