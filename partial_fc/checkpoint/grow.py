@@ -51,10 +51,10 @@ def grow_checkpoint(
     C + add by itself. ``grown_from`` records the source, C and ``add``. ``run_dir`` must hold
     no complete checkpoint yet, so that resuming it picks this one.
     """
-    table = open_class_table(source, verify=verify)
-    meta, c_old = table.meta, table.num_classes
     if not (isinstance(add, int) and add >= 1):
         raise ValueError(f"add must be an integer >= 1 (new classes), got {add!r}")
+    table = open_class_table(source, verify=verify)  # every file's size and hash checked here
+    meta, c_old = table.meta, table.num_classes
     c_new = c_old + add
     world = meta["world_size"] if world_size is None else world_size
     if not (isinstance(world, int) and 1 <= world <= c_new):

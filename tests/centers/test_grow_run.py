@@ -97,3 +97,21 @@ def test_the_trainer_fine_tunes_a_grown_checkpoint_written_at_another_world_size
     assert final.name == "step-4" and read_meta(final)["num_classes"] == c + 4
     tuned = open_class_table(final).rows(0, c + 4)
     assert not torch.equal(tuned[c:], grown[c:]), "the new rows were never sampled as negatives"
+
+
+def test_train_resume_of_the_grown_step_directory_with_the_source_config(run_dir, tmp_path, capsys):
+    """The other path: the source run's config, --resume pointing at the grown step directory,
+    head.num_classes set to C + N; with the old count the fingerprint refuses it, naming both."""
+    out = tmp_path / "plus"
+    assert cli_main(["centers", "grow", "--checkpoint", str(run_dir), "--add", "2", "--out", str(out), "--quiet"]) == 0
+    c = read_meta(latest_checkpoint(run_dir))["num_classes"]
+    step_dir = latest_checkpoint(out)
+    base = ["train", "--config", str(run_dir / "config.yaml"), "--resume", str(step_dir),
+            "--set", f"run_dir={tmp_path / 'tuned'}", "--set", "train.max_steps=3"]
+    capsys.readouterr()
+    assert cli_main(base) == 2
+    assert f"has num_classes={c + 2}, this head has num_classes={c}" in capsys.readouterr().err
+    assert cli_main([*base, "--set", f"head.num_classes={c + 2}"]) == 0
+    assert f"loaded checkpoint {step_dir} at step 2 (same world size)" in capsys.readouterr().out
+    final = latest_checkpoint(tmp_path / "tuned")
+    assert final.name == "step-3" and read_meta(final)["num_classes"] == c + 2
