@@ -218,3 +218,16 @@ def state_format(state_dtype: str, *, signed: bool) -> StateFormat:
     if state_dtype == "int8":
         return SignedInt8State() if signed else NonNegativeCodeState()
     raise ValueError(f"state_dtype must be one of {list(STATE_DTYPES)}, got {state_dtype!r}")
+
+
+def saved_format(entries: dict, name: str) -> tuple[StateFormat, str] | None:
+    """(format, its name) in which the state ``name`` is held in ``entries``, from its keys and
+    dtypes; None when it is not there."""
+    if name + "_int8" in entries:
+        return SignedInt8State(), "int8"
+    if name + "_code" in entries:
+        return NonNegativeCodeState(), "int8"
+    value = entries.get(name)
+    if torch.is_tensor(value) and value.is_floating_point():
+        return PlainState(value.dtype), {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(value.dtype, "fp32")
+    return None

@@ -34,10 +34,12 @@ from collections.abc import Iterable
 
 import torch
 
-from partial_fc.optim.quantized import (STATE_DTYPES, WEIGHT_DTYPES, read_rows, state_format, work_dtype,
-                                        write_rows)
+from partial_fc.optim.quantized import (STATE_DTYPES, WEIGHT_DTYPES, read_rows, saved_format, state_format,
+                                        work_dtype, write_rows)
 from partial_fc.optim.scratch import Scratch
 from partial_fc.optim.stochastic_round import BlockNoise, column_salt, row_keys, step_key
+
+_CONVERSION_STEP = -1  # the noise of a format conversion: a step count no training step has
 
 
 def sampled_rows(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -87,6 +89,8 @@ class _RowSparseOptimizer(torch.optim.Optimizer):
         self._formats = {name: state_format(state_dtype, signed=signed) for name, signed in self._states}
         self._scratch = Scratch()
         self._salts: dict[tuple[int, torch.device], torch.Tensor] = {}
+        #: one line per state converted from another format at load time (for the caller's log)
+        self.conversions: list[str] = []
         for group in self.param_groups:
             for p in group["params"]:
                 self._check_param(p)
@@ -165,8 +169,8 @@ class _RowSparseOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's loader, except that each state tensor keeps its format's dtype (torch would cast
-        int8 codes and fp32 scales to the parameter's dtype); a state saved in another format is
-        an error naming both."""
+        int8 codes and fp32 scales to the parameter's dtype), and a state saved with another
+        ``state_dtype`` is converted (listed in ``conversions``, for the caller to log)."""
         super().load_state_dict(state_dict)
         params = [p for group in self.param_groups for p in group["params"]]
         for group in self.param_groups:
@@ -174,29 +178,54 @@ class _RowSparseOptimizer(torch.optim.Optimizer):
         for index, saved in state_dict["state"].items():
             p = params[index]
             expected = self._expected(p)
-            tensors = {k for k, v in saved.items() if torch.is_tensor(v) and tuple(v.shape) == tuple(p.shape)}
-            wanted = {k for k, (shape, _) in expected.items() if shape == tuple(p.shape)}
-            if tensors != wanted:
-                raise ValueError(f"optimizer state of parameter {index} holds {sorted(tensors)}, but state_dtype="
-                                 f"{self.state_dtype!r} keeps {sorted(wanted)}; load it with the state_dtype it was saved with")
-            state = self.state[p]
-            for key, value in saved.items():
-                if key in expected:
-                    state[key] = value.to(device=p.device, dtype=expected[key][1])
+            entries = {k: v.to(device=p.device) if torch.is_tensor(v) else v for k, v in saved.items()}
+            if self._in_format(entries, expected):
+                self.state[p] = {k: v.to(dtype=expected[k][1]) if k in expected else v for k, v in entries.items()}
+            elif expected:
+                self.state[p] = self._converted(p, entries, f"parameter {index}")
+
+    def _in_format(self, entries: dict, expected: dict) -> bool:
+        """Same keys, shapes and dtypes (fp32 and fp64 count as one: torch casts between them)."""
+        wide = (torch.float32, torch.float64)
+        return all(torch.is_tensor(v := entries.get(k)) and tuple(v.shape) == shape
+                   and (v.dtype == dtype or (v.dtype in wide and dtype in wide)) for k, (shape, dtype) in expected.items())
 
     def _state(self, p: torch.Tensor) -> dict:
-        """The parameter's state, created on first use, and checked to be in this optimizer's
-        format (a checkpoint loader may have set ``self.state`` directly)."""
+        """The parameter's state, created on first use, converted when a checkpoint loader has set
+        it (``self.state`` assigned directly) in another format."""
         state = self.state[p]
         expected = self._expected(p)
         if not state:
             state.update(self._create_state(p))
-        elif not all(key in state and state[key].dtype == dtype for key, (_, dtype) in expected.items()):
-            have = sorted(f"{k} ({v.dtype})" for k, v in state.items() if torch.is_tensor(v))
-            want = sorted(f"{k} ({dtype})" for k, (_, dtype) in expected.items())
-            raise ValueError(f"optimizer state holds {have}, but state_dtype={self.state_dtype!r} keeps {want}; "
-                             "load a checkpoint saved with the same state_dtype")
+        elif not all(k in state and state[k].dtype == dtype for k, (_, dtype) in expected.items()):
+            state = self.state[p] = self._converted(p, state, f"parameter of shape {tuple(p.shape)}")
         return state
+
+    def _converted(self, p: torch.Tensor, entries: dict, what: str) -> dict:
+        """``entries`` (a state in any format these optimizers write) in this optimizer's format,
+        block by block through fp32, stochastically rounded with the noise of a conversion step."""
+        new = self._create_state(p)
+        sources = {name: saved_format(entries, name) for name in self._formats}
+        missing = [name for name, src in sources.items() if src is None]
+        if missing:
+            have = sorted(f"{k} ({v.dtype})" for k, v in entries.items() if torch.is_tensor(v))
+            raise ValueError(f"optimizer state of {what} holds {have}, in no format of state_dtype "
+                             f"{list(STATE_DTYPES)} for {missing}; load a checkpoint of this optimizer")
+        key = step_key(self.seed, _CONVERSION_STEP)
+        for name, fmt in self._formats.items():
+            src, _ = sources[name]
+            for lo in range(0, p.shape[0], self.block_rows):
+                hi = min(p.shape[0], lo + self.block_rows)
+                value = src.read(entries, name, None, lo, hi, self._buffer("convert", hi - lo, p), self._scratch)
+                noise = self._noise(key, None, lo, hi, p, int(fmt.rounds))
+                fmt.write(new, name, None, lo, hi, value, _lane(noise, 0 if fmt.rounds else None), self._scratch)
+        formatted = {k for name, fmt in self._formats.items() for k in fmt.keys(name, p)}
+        for key_name, value in entries.items():  # the per-row step counts, as saved
+            if key_name in new and key_name not in formatted:
+                new[key_name].copy_(value)
+        names = sorted({src_name for _, src_name in sources.values()})
+        self.conversions.append(f"{what}: optimizer state converted from {'/'.join(names)} to state_dtype={self.state_dtype!r}")
+        return new
 
     def _update(self, p: torch.Tensor, group: dict, rows: torch.Tensor | None, grads: torch.Tensor, key: int) -> None:
         raise NotImplementedError

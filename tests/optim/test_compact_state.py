@@ -146,21 +146,62 @@ def test_every_mode_trains_only_sampled_rows_and_resumes_exactly(cls, kw, dtype,
         assert torch.equal(resumed.state[q][key], value), key
 
 
-def test_a_state_saved_in_another_format_is_an_error():
-    p = torch.nn.Parameter(torch.zeros(4, 8))
-    opt = RowSparseSGD([p], state_dtype="fp32", **SGD_KW)
-    apply(opt, p, sparse_steps(4, 8, 1, fraction=1.0))
-    other = RowSparseSGD([torch.nn.Parameter(torch.zeros(4, 8))], state_dtype="int8", **SGD_KW)
-    with pytest.raises(ValueError, match="state_dtype='int8' keeps"):
-        other.load_state_dict(opt.state_dict())
+def _decoded(opt, p) -> dict[str, torch.Tensor]:
+    """Every state of ``p`` decoded to fp64, whatever its format."""
+    state, n = opt.state[p], p.shape[0]
+    return {name: fmt.read(state, name, None, 0, n, torch.empty(p.shape), Scratch()).double()
+            for name, fmt in opt._formats.items()}
 
 
-def test_a_state_set_directly_in_another_format_is_an_error_at_the_next_step():
+def _format_bound(state_dtype: str, name: str, x: torch.Tensor) -> torch.Tensor:
+    """The stated round-trip bound of storing fp64 values x (rows, D) as ``state_dtype``."""
+    if state_dtype == "fp32":
+        return torch.zeros_like(x)
+    if state_dtype == "bf16":
+        return x.abs() * 2.0 ** -7  # under one ulp
+    if name == "exp_avg_sq":
+        rowmax = x.amax(1, keepdim=True)
+        return torch.maximum(x / 8, rowmax * 2.0 ** -33) * (1 + 1e-5)
+    return x.abs().amax(1, keepdim=True).expand_as(x) * (1 + 2.0 ** -20) / 127 * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("cls,kw", [(RowSparseSGD, SGD_KW), (RowSparseAdamW, ADAM_KW)])
+@pytest.mark.parametrize("src,dst", [("fp32", "int8"), ("int8", "fp32"), ("bf16", "int8"), ("int8", "bf16"), ("fp32", "bf16")])
+def test_a_state_saved_with_another_state_dtype_is_converted(cls, kw, src, dst):
+    torch.manual_seed(2)
+    p = torch.nn.Parameter(torch.randn(40, 24) * 0.05)
+    opt = cls([p], state_dtype=src, **kw)
+    steps = sparse_steps(40, 24, 4, fraction=0.5)
+    apply(opt, p, steps[:3])
+    q = torch.nn.Parameter(p.detach().clone())
+    other = cls([q], state_dtype=dst, **kw)
+    other.load_state_dict(opt.state_dict())
+    assert other.conversions == [f"parameter 0: optimizer state converted from {src} to state_dtype={dst!r}"]
+    before, after = _decoded(opt, p), _decoded(other, q)
+    for name, value in before.items():
+        assert bool(((after[name] - value).abs() <= _format_bound(dst, name, value)).all()), name
+    if cls is RowSparseAdamW:
+        assert torch.equal(other.state[q]["row_steps"], opt.state[p]["row_steps"])
+    fresh = cls([torch.nn.Parameter(q.detach().clone())], state_dtype=dst, **kw)
+    assert {k: v.dtype for k, v in other.state[q].items()} == {k: v.dtype for k, v in fresh._create_state(q).items()}
+    apply(other, q, steps[3:])  # and it trains on in its own format
+
+
+def test_a_state_set_directly_in_another_format_is_converted_at_the_next_step():
     """Checkpoint loaders may assign ``optimizer.state`` without ``load_state_dict``."""
     p = torch.nn.Parameter(torch.zeros(4, 8))
     opt = RowSparseSGD([p], state_dtype="int8", **SGD_KW)
-    opt.state[p] = {"momentum_buffer": torch.zeros(4, 8)}
-    with pytest.raises(ValueError, match=r"state_dtype='int8' keeps \['momentum_buffer_int8 \(torch.int8\)'"):
+    opt.state[p] = {"momentum_buffer": torch.full((4, 8), 0.5)}
+    apply(opt, p, sparse_steps(4, 8, 1, fraction=1.0))
+    assert opt.conversions == ["parameter of shape (4, 8): optimizer state converted from fp32 to state_dtype='int8'"]
+    assert set(opt.state[p]) == {"momentum_buffer_int8", "momentum_buffer_scale"}
+
+
+def test_a_state_in_no_known_format_is_an_error():
+    p = torch.nn.Parameter(torch.zeros(4, 8))
+    opt = RowSparseSGD([p], state_dtype="int8", **SGD_KW)
+    opt.state[p] = {"velocity": torch.zeros(4, 8)}
+    with pytest.raises(ValueError, match=r"holds \['velocity \(torch.float32\)'\], in no format of state_dtype"):
         apply(opt, p, sparse_steps(4, 8, 1, fraction=1.0))
 
 
