@@ -4,8 +4,6 @@ exactly; rows are rounded the same on 1, 2 and 3 real gloo ranks."""
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
