@@ -36,6 +36,7 @@ from partial_fc.optim.head_optimizer import HeadOptimizer
 from partial_fc.optim.schedule import WarmupDecay
 from partial_fc.train.criterion import build_criterion, build_head_optimizer
 from partial_fc.train.logger import NullLogger, RunLogger, format_eta
+from partial_fc.train.position import Position, resume_position, steps_left
 from partial_fc.train.preemption import PREEMPTED_EXIT_CODE, PreemptionGuard
 from partial_fc.train.verify import evaluate_pair_sets, load_pair_sets
 from partial_fc.util.atomic import write_json_atomic
@@ -43,12 +44,27 @@ from partial_fc.util.atomic import write_json_atomic
 
 @dataclass
 class Plan:
+    """The run's length at this world size. The schedule and the data position are counted in
+    samples (``total_samples``, ``warmup_samples``): whole optimizer steps of ``global_batch``
+    here, but a run resumed at another global batch continues from its samples seen."""
+
     num_classes: int
     steps_per_epoch: int  # optimizer steps
     total_steps: int
     warmup_steps: int
-    global_batch: int
+    global_batch: int  # samples per optimizer step, over all ranks and micro-steps
     lr: float
+    micro_batch: int  # samples per micro-step over all ranks
+    epoch_samples: int  # what the loader yields per epoch over all ranks: len(loader) micro-batches
+
+    @property
+    def total_samples(self) -> int:
+        """epochs x samples per epoch (in whole optimizer steps), rounded up to a whole step."""
+        return self.total_steps * self.global_batch
+
+    @property
+    def warmup_samples(self) -> int:
+        return self.warmup_steps * self.global_batch
 
 
 def plan(cfg: TrainConfig, *, world_size: int) -> tuple[Plan, TrainLoaderConfig]:
@@ -73,10 +89,12 @@ def plan(cfg: TrainConfig, *, world_size: int) -> tuple[Plan, TrainLoaderConfig]
     micro_per_epoch = loader_cfg.steps_for(world_size)
     steps_per_epoch = max(1, micro_per_epoch // cfg.train.grad_accum)
     total = max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
-    global_batch = cfg.data.batch_size * world_size * cfg.train.grad_accum
+    micro_batch = cfg.data.batch_size * world_size
+    global_batch = micro_batch * cfg.train.grad_accum
     return Plan(num_classes=num_classes, steps_per_epoch=steps_per_epoch, total_steps=total,
                 warmup_steps=min(total, round(cfg.schedule.warmup_epochs * steps_per_epoch)),
-                global_batch=global_batch, lr=cfg.optim.lr_for(global_batch)), loader_cfg
+                global_batch=global_batch, lr=cfg.optim.lr_for(global_batch), micro_batch=micro_batch,
+                epoch_samples=micro_per_epoch * micro_batch), loader_cfg
 
 
 @dataclass
@@ -100,7 +118,9 @@ class Run:
     fingerprint: dict  # what a checkpoint must match to be resumed by this run
     guard: PreemptionGuard  # preemption signals and the wall-clock checkpoint interval
     step: int = 0  # optimizer steps taken
-    samples_seen: int = 0
+    samples_seen: int = 0  # what the schedule and the data position are counted in
+    position: Position = Position(epoch=0, skip=0, samples_seen=0)  # where the data continues
+    total_steps: int = 0  # this run's last step: plan.total_steps, or the steps left after a resume
     skipped: int = 0  # steps skipped on an fp16 overflow
     metrics: dict = field(default_factory=dict)  # of the last log line and evaluation
 
@@ -109,7 +129,7 @@ class Run:
 
     @property
     def last_step(self) -> int:
-        return self.cfg.train.max_steps or self.plan.total_steps
+        return self.cfg.train.max_steps or self.total_steps
 
 
 def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
@@ -136,7 +156,7 @@ def train(cfg: TrainConfig, *, resume: str | None = "auto") -> dict:
                 run.log.close()
                 cleanup(wait_for_all=True)
                 raise SystemExit(PREEMPTED_EXIT_CODE)
-            metrics = {**run.metrics, "steps": run.step, "wall_s": wall_s}
+            metrics = {**run.metrics, "steps": run.step, "samples_seen": run.samples_seen, "wall_s": wall_s}
             if run.comm.rank == 0:
                 write_json_atomic(summary, metrics)
             run.log.info(f"done: {run.step} steps in {metrics['wall_s']:.0f} s; summary in {summary}")
@@ -177,19 +197,21 @@ def _setup(cfg: TrainConfig, *, resume: str | None) -> Run:
               log=log, engine=engine, criterion=criterion,
               head=criterion if isinstance(criterion, ShardedClassWeights) else None,
               head_opt=build_head_optimizer(cfg, criterion, lr=head_lr, comm=comm), head_lr=head_lr,
-              schedule=WarmupDecay(total_steps=the_plan.total_steps, warmup_steps=the_plan.warmup_steps,
+              schedule=WarmupDecay(total_samples=the_plan.total_samples, warmup_samples=the_plan.warmup_samples,
                                    kind=cfg.schedule.kind, power=cfg.schedule.power,
                                    final_ratio=cfg.schedule.final_lr_ratio),
               fingerprint={"model": to_dict(cfg.model), "num_classes": the_plan.num_classes,
                            "embedding_dim": cfg.model.embedding_dim, "loss": cfg.loss.name},
-              guard=PreemptionGuard(checkpoint_every_minutes=cfg.train.checkpoint_every_minutes))
+              guard=PreemptionGuard(checkpoint_every_minutes=cfg.train.checkpoint_every_minutes),
+              total_steps=the_plan.total_steps)
 
     ckpt = latest_checkpoint(run_dir) if resume == "auto" else resume
     if ckpt:
-        state = load_checkpoint(ckpt, comm=comm, head=run.head, head_optimizer=_saved_head_opt(run),
+        saved = load_checkpoint(ckpt, comm=comm, head=run.head, head_optimizer=_saved_head_opt(run),
                                 expect_extra=run.fingerprint, seed=cfg.seed, logger=log, device=device)
-        engine.load_state_dict(state["engine"])
-        run.step, run.samples_seen = int(state["step"]), int(state["samples_seen"])
+        state = TrainerState.from_dict(saved, path=Path(ckpt) / "trainer.pt")
+        engine.load_state_dict(state.engine)
+        _resume_at(run, step=state.step, samples_seen=state.samples_seen)
 
     owned = f" ({run.head.class_range[1] - run.head.class_range[0]:,} on rank 0)" if run.head is not None else ""
     batching = (f"{cfg.data.batch_size // cfg.data.images_per_identity} identities x {cfg.data.images_per_identity} images per rank"
@@ -200,6 +222,26 @@ def _setup(cfg: TrainConfig, *, resume: str | None) -> Run:
     return run
 
 
+def _resume_at(run: Run, *, step: int, samples_seen: int) -> None:
+    """Continue from a checkpoint's step and samples seen. The schedule and the data position
+    follow the samples, so at another global batch (another world size or batch size) the run
+    continues the same lr curve over the same epochs, and ends when the planned total of samples
+    is reached (``_loop`` counts the steps, ``steps_left`` how many remain)."""
+    the_plan = run.plan
+    pos = resume_position(samples_seen, epoch_samples=the_plan.epoch_samples, micro_batch=the_plan.micro_batch)
+    run.step, run.samples_seen, run.position = step, pos.samples_seen, pos
+    run.total_steps = step + steps_left(pos.samples_seen, total_samples=the_plan.total_samples,
+                                        global_batch=the_plan.global_batch)
+    where = (f"sample {pos.samples_seen:,} of {the_plan.total_samples:,} (epoch {pos.epoch}, batch {pos.skip} of "
+             f"{the_plan.epoch_samples // the_plan.micro_batch})")
+    if pos.repeated:
+        run.log.info(f"resuming at {where}: the {samples_seen:,} samples seen are not a whole number of batches of "
+                     f"{the_plan.micro_batch} into epoch {pos.epoch}; rounded down, {pos.repeated} samples are read "
+                     f"twice; {run.total_steps - step} steps to go")
+    else:
+        run.log.info(f"resuming at {where}, step {step}; {run.total_steps - step} steps to go")
+
+
 def _loop(run: Run) -> float:
     """Optimizer steps until ``run.last_step`` (or an agreed preemption stop), each the engine's
     step then the head's; returns the seconds they took."""
@@ -207,7 +249,7 @@ def _loop(run: Run) -> float:
     if run.pair_sets and run.step == 0:  # the untrained backbone, for comparison with the trained one
         _evaluate(run, when=" before training")
     t_start = time.perf_counter()
-    epoch, skip = divmod(run.step * cfg.train.grad_accum, len(run.loader))
+    epoch, skip = run.position.epoch, run.position.skip  # from the samples seen (resume_position)
     window = _Window()
     while run.step < last and not run.preempted:
         run.loader.set_epoch(epoch)
@@ -221,7 +263,7 @@ def _loop(run: Run) -> float:
                 engine.step()  # only counts the micro-step: the gradients accumulate
                 window.wait_for_data()
                 continue
-            lr_factor = run.schedule.factor(run.step)
+            lr_factor = run.schedule.factor(run.samples_seen, batch=run.plan.global_batch)
             engine.set_lr(run.plan.lr * lr_factor)
             run.head_opt.set_lr(run.head_lr * lr_factor)
             loss_scale = engine.loss_scale  # what the gradients carry; the engine's step may change it
@@ -246,7 +288,8 @@ def _after_step(run: Run, *, loss: torch.Tensor, lr: float, epoch: int, window: 
     if step % cfg.train.log_every == 0 or step == last:
         elapsed = window.elapsed()
         data = run.loader.stats.summed(run.comm, device=run.device)  # over all ranks: one all-reduce
-        m = run.metrics = {"loss": float(loss.detach()), "lr": lr, "samples_per_s": window.samples / elapsed,
+        m = run.metrics = {"loss": float(loss.detach()), "lr": lr, "samples_seen": run.samples_seen,
+                           "samples_per_s": window.samples / elapsed,
                            "data_wait": window.data_wait / elapsed, "epoch": epoch, "skipped_steps": run.skipped,
                            "corrupt_samples": data["corrupt_samples"], "read_errors": data["read_errors"]}
         grad_norm = run.engine.grad_norm
