@@ -178,6 +178,7 @@ class TrainSection:
     checkpoint_every_minutes: float | None = None  # also save when this much wall-clock time passed; null: off
     keep_last: int = 3
     progress_bar: bool = True
+    check_memory: bool = True  # refuse, before allocating, a head the capacity planner says will not fit
 
     def __post_init__(self) -> None:
         coerce_fields(self)

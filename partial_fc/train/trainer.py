@@ -36,6 +36,7 @@ from partial_fc.optim.head_optimizer import HeadOptimizer
 from partial_fc.optim.schedule import WarmupDecay
 from partial_fc.train.criterion import build_criterion, build_head_optimizer
 from partial_fc.train.logger import NullLogger, RunLogger, format_eta
+from partial_fc.train.memory_check import check_head_memory
 from partial_fc.train.position import Position, resume_position, steps_left
 from partial_fc.train.preemption import PREEMPTED_EXIT_CODE, PreemptionGuard
 from partial_fc.train.verify import evaluate_pair_sets, load_pair_sets
@@ -173,6 +174,9 @@ def _setup(cfg: TrainConfig, *, resume: str | None) -> Run:
     rank, world = comm.rank, comm.world_size
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     the_plan, loader_cfg = plan(cfg, world_size=world)
+    # before anything is allocated: a head that cannot fit is one line, not an OOM kill minutes later
+    memory_note = check_head_memory(cfg, num_classes=the_plan.num_classes, comm=comm, device=device) \
+        if cfg.train.check_memory else None
     prepare_loader(loader_cfg, sampler=cfg.sampler, comm=comm, device=device)
     # before the model: the identity sampler's checks (enough identities, K) fail fast
     loader = build_loader(loader_cfg, sampler=cfg.sampler, images_per_identity=cfg.data.images_per_identity,
@@ -219,6 +223,8 @@ def _setup(cfg: TrainConfig, *, resume: str | None) -> Run:
     log.info(f"partial-fc train: {world} rank(s) on {device}, loss {cfg.loss.name}, {the_plan.num_classes:,} classes"
              f"{owned}, global batch {the_plan.global_batch} ({batching}), "
              f"lr {the_plan.lr:g}, {the_plan.total_steps} steps ({the_plan.steps_per_epoch}/epoch)")
+    if memory_note:
+        log.info(memory_note)
     return run
 
 

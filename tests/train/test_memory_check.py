@@ -1,0 +1,76 @@
+"""The trainer refuses, before allocating anything, a head the capacity planner says will not fit
+this machine's free memory, and names the fix as config keys."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from partial_fc.config import from_dict
+from partial_fc.config.train import TrainConfig
+from partial_fc.plan import plan_memory
+from partial_fc.train.memory_check import free_bytes, refusal
+from partial_fc.train.trainer import train
+from tests.tiny_run import tiny_config
+
+NO_EVAL = {"pairs": []}
+
+
+def test_a_head_that_cannot_fit_is_refused_at_once_naming_the_fix(data_dir, tmp_path):
+    import torch
+
+    available = free_bytes(torch.device("cpu"))
+    assert available, "no MemAvailable in /proc/meminfo"
+    # fp32 rows and momentum of D = 32: 256 bytes a class; four times the free memory. Eight
+    # ranks would hold an eighth each, about 0.6 of it with the step's gradient rows.
+    classes = 4 * available // 256
+    run = tmp_path / "run"
+    cfg = from_dict(TrainConfig, tiny_config(data_dir, run, head={"num_classes": classes}, eval=NO_EVAL))
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as refused:
+        train(cfg)
+    elapsed = time.perf_counter() - start
+    message = str(refused.value)
+    # allocating (and initialising) the rows alone would take minutes or the OOM killer, not this
+    assert elapsed < 0.5, f"refused after {elapsed:.2f} s"
+    assert "\n" not in message and f"for {classes:,} classes" in message, message
+    assert "weights" in message and "optimizer state" in message and "free; would fit with: " in message, message
+    assert "8 ranks (more GPUs or nodes)" in message and "train.check_memory=false" in message, message
+    assert "--" not in message, "planner flags, not config keys"
+    assert not run.exists(), "the run directory was made: the check came after setup began"
+
+
+def test_the_fixes_are_config_keys():
+    """A plan whose gradient rows and logit tile, not its table, overflow the budget: sampling
+    fewer classes, a smaller batch or smaller tiles fit (the budget sits between the plans)."""
+    cfg = from_dict(TrainConfig, {"head": {"sample_rate": 1.0}, "data": {"batch_size": 512}})
+    options = dict(classes=1_000_000, dim=512, world_size=1, batch_size=512, sample_rate=1.0, device="cuda")
+    plan = plan_memory(**options)
+    budget = plan_memory(**{**options, "sample_rate": 0.1}).total_bytes + 1
+    message = refusal(plan, budget, where="rank 0 (cuda)", cfg=cfg)
+    assert "would fit with: " in message and "head.sample_rate=0.1" in message, message
+    assert "--" not in message and "sample-rate" not in message, message
+    # the compact state of the planner's list is offered only once head.state_dtype is a config key
+    from dataclasses import fields
+
+    from partial_fc.config.train import HeadConfig
+
+    assert ("head.state_dtype=bf16" in message) == ("state_dtype" in {f.name for f in fields(HeadConfig)}), message
+
+
+def test_a_loss_that_scores_every_agent_is_not_told_to_sample():
+    cfg = from_dict(TrainConfig, {"loss": {"name": "c_triplet"}, "head": {"num_classes": 1_000_000}})
+    plan = plan_memory(classes=1_000_000, dim=512, world_size=1, batch_size=128, device="cuda")
+    message = refusal(plan, plan.total_bytes // 3, where="rank 0 (cuda)", cfg=cfg)
+    assert "head.sample_rate" not in message and "ranks (more GPUs or nodes)" in message, message
+
+
+def test_a_tiny_run_is_checked_and_not_refused_and_the_check_can_be_switched_off(data_dir, tmp_path, capsys):
+    metrics = train(from_dict(TrainConfig, tiny_config(data_dir, tmp_path / "a", train={"max_steps": 1}, eval=NO_EVAL)))
+    assert metrics["steps"] == 1
+    out = capsys.readouterr().out
+    assert "head memory: " in out and " per rank planned, " in out and " free on rank 0 (cpu" in out, out
+    train(from_dict(TrainConfig, tiny_config(data_dir, tmp_path / "b", train={"max_steps": 1, "check_memory": False},
+                                             eval=NO_EVAL)))
+    assert "head memory: " not in capsys.readouterr().out
