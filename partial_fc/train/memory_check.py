@@ -27,6 +27,7 @@ def head_plan(cfg: TrainConfig, *, num_classes: int, world_size: int, device: to
     if cfg.loss.name in PAIR_LOSSES:
         return None
     head = cfg.head
+    # compact and offloaded state are planned before the head config has keys for them
     # the agent losses score every agent; only the partial-FC head samples classes
     partial = cfg.loss.name == "partial_fc"
     subcenters = margins.build(head.margin, **head.margin_params).subcenters if partial else 1
@@ -75,14 +76,12 @@ def config_fixes(plan: Plan, budget: int, *, cfg: TrainConfig) -> list[str]:
     have = {f.name for f in fields(HeadConfig)}
     out = []
     for _, fixed in suggestions(plan, budget):
-        change = []
-        if fixed.world_size != plan.world_size:
-            change.append(f"{fixed.world_size} ranks (more GPUs or nodes)")
-        for key in ("state_dtype", "optim_state", "offload", "sample_rate", "chunk_size"):
-            if getattr(fixed, key) != getattr(plan, key):
-                change.append(f"head.{key}={getattr(fixed, key)}" if key in have else "")
-        if change and all(change) and (fixed.sample_rate == plan.sample_rate or cfg.loss.name == "partial_fc"):
-            out.append(" with ".join(change))
+        keys = [k for k in ("state_dtype", "optim_state", "offload", "sample_rate", "chunk_size")
+                if getattr(fixed, k) != getattr(plan, k)]
+        if any(k not in have for k in keys) or ("sample_rate" in keys and cfg.loss.name != "partial_fc"):
+            continue  # no such key yet, or a loss that scores every class
+        change = [f"{fixed.world_size} ranks (more GPUs or nodes)"] if fixed.world_size != plan.world_size else []
+        out.append(" with ".join(change + [f"head.{k}={getattr(fixed, k)}" for k in keys]))
     options = {k: getattr(plan, k) for k in ("classes", "dim", "world_size", "sample_rate", "state_dtype", "optim_state",
                                              "offload", "optim", "device", "momentum", "subcenters", "chunk_size")}
     batch = plan.batch_size // 2

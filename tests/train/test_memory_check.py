@@ -74,3 +74,28 @@ def test_a_tiny_run_is_checked_and_not_refused_and_the_check_can_be_switched_off
     train(from_dict(TrainConfig, tiny_config(data_dir, tmp_path / "b", train={"max_steps": 1, "check_memory": False},
                                              eval=NO_EVAL)))
     assert "head memory: " not in capsys.readouterr().out
+
+
+def test_every_rank_refuses_together_under_torchrun(data_dir, tmp_path):
+    """The ranks gather their budgets and check the smallest: both say the same line and exit,
+    none is left waiting in a collective for the other."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+    import yaml
+
+    classes = 8 * free_bytes(torch.device("cpu")) // 256  # each of 2 ranks: 2x its share of the host
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_config(data_dir, tmp_path / "run", head={"num_classes": classes}, eval=NO_EVAL)))
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "partial_fc.cli", "train",
+                           "--config", str(cfg_path)], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=120)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out
+    lines = [x for x in out.splitlines() if x.startswith("partial-fc train: error: the head needs ")]
+    assert len(lines) == 2 and lines[0] == lines[1], out
+    assert f"for {classes:,} classes" in lines[0] and "(cpu, its share of the host)" in lines[0], lines[0]
