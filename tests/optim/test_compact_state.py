@@ -245,7 +245,7 @@ def _shard_run(rank: int, world_size: int, num_rows: int, dim: int) -> dict:
         for idx, values in sparse_steps(num_rows, dim, 4, fraction=0.5):
             mine = (idx >= start) & (idx < stop)
             p.grad = torch.sparse_coo_tensor((idx[mine] - start)[None], values[mine].to(torch.bfloat16), p.shape,
-                                             is_coalesced=True)
+                                             is_coalesced=True, check_invariants=True)
             opt.step()
         results[(cls_name, state, global_ids)] = {"weight": p.detach(), **opt.state[p]}
     if dist.is_initialized():
