@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests_slurm.jobs import REPO, attempts, job_info, sbatch, train_overrides, user_env, wait_ended, wait_for_log
+from tests_slurm.jobs import (ENDED, REPO, attempts, job_info, sbatch, train_overrides, user_env, wait_ended,
+                              wait_for_log, wait_until)
 
 SBATCH = str(REPO / "launch" / "slurm.sbatch")
 CPUS = os.cpu_count() or 1
@@ -123,19 +124,22 @@ def test_preemption_with_grace_time_requeues_and_completes(tmp_path, slurm_data,
 
 
 @needs_guard
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(1500)
 @pytest.mark.parametrize("workers", WORKERS)
 def test_time_limit_signal_requeues_and_completes(tmp_path, slurm_data, workers):
     out = tmp_path / "job.out"
-    # ~20 steps/s here: the USR1 comes 60-120 s after the start (SLURM sends it up to 60 s early),
-    # so the first attempt is still training then; the rest fits in the second attempt or a third
-    total = 3000
+    # A 2-minute limit, USR1 60 s before it (SLURM may send it up to 60 s earlier still). 6000
+    # steps do not fit in 2 minutes at up to 50 steps/s (20-34 here), so the first attempt is
+    # signalled while training; the requeued job then gets 15 minutes to finish.
+    total = 6000
     job = sbatch(["--nodes", "1", "--cpus-per-task", "2", "--time=2", "--signal=B:USR1@60", f"--output={out}",
                   SBATCH, "configs/demo.yaml",
-                  *train_overrides(slurm_data, tmp_path / "run", workers=workers, epochs=100, max_steps=total,
-                                   checkpoint_every=1000)],
+                  *train_overrides(slurm_data, tmp_path / "run", workers=workers, epochs=1000, max_steps=total,
+                                   checkpoint_every=10_000)],
                  env=user_env(NPROC_PER_NODE="2"))
-    info = wait_ended(job, timeout_s=900)
+    wait_until(job, lambda i: int(i["Restarts"]) >= 1 or i["JobState"] in ENDED, timeout_s=400, what="a requeue")
+    subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=15:00"], check=True)
+    info = wait_ended(job, timeout_s=1200)
     log = out.read_text()
     assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 1, log
     assert "got SIGUSR1, forwarding it" in log
