@@ -54,8 +54,11 @@ def test_noise_top_bits_are_uniform_and_uncorrelated():
     # mean of U(0, 1): 1/2 with sd sqrt(1/12 / N); correlations: sd 1/sqrt(pairs)
     assert abs(top.mean().item() - 0.5) < 5 * (1 / 12 / count) ** 0.5
     centred = top - 0.5
-    for a, b in ((centred[:, 1:], centred[:, :-1]), (centred[1:], centred[:-1]), (centred[:, 7:], centred[:, :-7])):
-        corr = (a * b).mean().item() * 12
+    following = noise_at(1, torch.arange(n), dim).double() / 2.0 ** 32  # the same elements, one step later
+    pairs = ((centred[:, 1:], centred[:, :-1]), (centred[1:], centred[:-1]), (centred[:, 7:], centred[:, :-7]),
+             (centred, following))
+    for a, b in pairs:
+        corr = (a * b).mean().item() * 12  # the product of two independent centred U(0, 1) has sd 1/12
         assert abs(corr) < 5 / a.numel() ** 0.5
 
 
