@@ -9,7 +9,7 @@ import torch
 
 from partial_fc import PartialFC
 from partial_fc.head.ranges import class_range
-from partial_fc.optim import RowSparseAdamW, RowSparseSGD, store_weight_as
+from partial_fc.optim import RowSparseAdamW, RowSparseSGD, bytes_per_row, store_weight_as
 from partial_fc.optim.quantized import NonNegativeCodeState, SignedInt8State
 from partial_fc.optim.scratch import Scratch
 from partial_fc.optim.stochastic_round import column_salt, element_noise, row_keys, step_key
@@ -201,6 +201,26 @@ def test_a_state_in_no_known_format_is_an_error():
     opt.state[p] = {"velocity": torch.zeros(4, 8)}
     with pytest.raises(ValueError, match=r"holds \['velocity \(torch.float32\)'\], in no format of state_dtype"):
         apply(opt, p, sparse_steps(4, 8, 1, fraction=1.0))
+
+
+@pytest.mark.parametrize("cls,kw,dtype,state", MODES)
+def test_bytes_per_row_is_what_the_optimizer_allocates(cls, kw, dtype, state):
+    p = torch.nn.Parameter(torch.zeros(10, 24, dtype=dtype))
+    opt = cls([p], state_dtype=state, **kw)
+    apply(opt, p, sparse_steps(10, 24, 1))
+    allocated = p.numel() * p.element_size() + sum(t.numel() * t.element_size() for t in opt.state[p].values())
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    optim = "sgd" if cls is RowSparseSGD else "adamw"
+    assert bytes_per_row(dim=24, optim=optim, weight_dtype=names[dtype], state_dtype=state) * 10 == allocated
+
+
+def test_bytes_per_row_at_d512():
+    assert bytes_per_row(dim=512) == 4096 and bytes_per_row(dim=512, momentum=False) == 2048
+    assert bytes_per_row(dim=512, weight_dtype="bf16", state_dtype="int8") == 1540
+    assert bytes_per_row(dim=512, optim="adamw") == 6148
+    assert bytes_per_row(dim=512, optim="adamw", weight_dtype="bf16", state_dtype="int8") == 2060
+    with pytest.raises(ValueError, match="optim must be one of"):
+        bytes_per_row(dim=512, optim="lamb")
 
 
 def test_persistent_bytes_per_class_with_bf16_weights_and_int8_momentum():
