@@ -20,6 +20,7 @@ from partial_fc.config.model import ModelConfig
 from partial_fc.data.loaders.config import check_image_size, check_num_workers
 from partial_fc.engine.stages import check_zero_stage
 from partial_fc.head.checks import check_sample_rate
+from partial_fc.util.signals import check_signal_names
 
 
 def _need(ok: bool, key: str, detail: str) -> None:
@@ -176,6 +177,8 @@ class TrainSection:
     log_every: int = 10
     checkpoint_every: int = 1000
     checkpoint_every_minutes: float | None = None  # also save when this much wall-clock time passed; null: off
+    # each of these makes every rank save at the next step boundary and exit 75 ("preempted, resume me")
+    preemption_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
     keep_last: int = 3
     progress_bar: bool = True
     check_memory: bool = True  # refuse, before allocating, a head the capacity planner says will not fit
@@ -191,6 +194,7 @@ class TrainSection:
             _need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         _need(self.checkpoint_every_minutes is None or self.checkpoint_every_minutes > 0, "checkpoint_every_minutes",
               f"must be > 0 or null, got {self.checkpoint_every_minutes}")
+        check_as("preemption_signals", check_signal_names, self.preemption_signals, name="signals")
 
 
 @dataclass(frozen=True)

@@ -41,27 +41,14 @@ from types import FrameType
 import torch
 
 from partial_fc.comm.collectives import Collectives
+from partial_fc.util.signals import DEFAULT_STOP_SIGNALS, ignore_signals, signal_numbers
 
 # "preempted, resume me": EX_TEMPFAIL of sysexits.h ("temporary failure; the user is invited to
 # retry"). Not 0/1/2 (success, error, usage), not 128+n (killed by signal n), and not a code
 # Python or torchrun use for themselves. launch/slurm.sbatch requeues the job on this code.
 PREEMPTED_EXIT_CODE = 75
 
-DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1")
-
-
-def _signal_numbers(names: Sequence[str]) -> tuple[signal.Signals, ...]:
-    out = []
-    for name in names:
-        upper = str(name).upper()
-        sig = getattr(signal, upper if upper.startswith("SIG") else "SIG" + upper, None)
-        if not isinstance(sig, signal.Signals) or sig in (signal.SIGKILL, signal.SIGSTOP):
-            raise ValueError(f"train.preemption_signals: {name!r} is not a catchable signal name; "
-                             "use names such as SIGTERM, SIGUSR1, SIGUSR2, SIGINT")
-        out.append(sig)
-    if not out:
-        raise ValueError("train.preemption_signals is empty; name at least one signal, e.g. SIGTERM")
-    return tuple(dict.fromkeys(out))
+DEFAULT_SIGNALS = DEFAULT_STOP_SIGNALS
 
 
 @dataclass(frozen=True)
@@ -80,7 +67,7 @@ class PreemptionGuard:
                  clock: Callable[[], float] = time.monotonic) -> None:
         if checkpoint_every_minutes is not None and not checkpoint_every_minutes > 0:
             raise ValueError(f"train.checkpoint_every_minutes must be > 0 or null, got {checkpoint_every_minutes}")
-        self.signals = _signal_numbers(signals)
+        self.signals = signal_numbers(signals)
         self.interval_s = None if checkpoint_every_minutes is None else 60.0 * checkpoint_every_minutes
         self._clock = clock
         self._last_save = clock()
@@ -153,12 +140,9 @@ class PreemptionGuard:
 
 
 def ignore_in_worker(signals: Sequence[str] = DEFAULT_SIGNALS) -> None:
-    """Call from a DataLoader ``worker_init_fn``: the worker ignores the preemption signals, so
-    the job's SIGTERM (sent to every process of the step) does not kill it while the main
-    process is still saving. The worker still ends with its loader (torch's shutdown message,
-    and its check that the parent is alive)."""
-    for sig in _signal_numbers(signals):
-        signal.signal(sig, signal.SIG_IGN)
+    """Call from a DataLoader ``worker_init_fn`` (the training loaders do, through their config's
+    ``ignore_signals``): see ``partial_fc.util.signals``."""
+    ignore_signals(signals)
 
 
 def worker_init(worker_id: int) -> None:

@@ -86,7 +86,8 @@ def plan(cfg: TrainConfig, *, world_size: int) -> tuple[Plan, TrainLoaderConfig]
                          "decision cannot join DeepSpeed's); set train.precision bf16")
     loader_cfg = TrainLoaderConfig.from_manifest(
         data_dir, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, image_size=cfg.model.input_size,
-        seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer, flip=cfg.data.flip)
+        seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer, flip=cfg.data.flip,
+        ignore_signals=cfg.train.preemption_signals)
     micro_per_epoch = loader_cfg.steps_for(world_size)
     steps_per_epoch = max(1, micro_per_epoch // cfg.train.grad_accum)
     total = max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
@@ -206,7 +207,7 @@ def _setup(cfg: TrainConfig, *, resume: str | None) -> Run:
                                    final_ratio=cfg.schedule.final_lr_ratio),
               fingerprint={"model": to_dict(cfg.model), "num_classes": the_plan.num_classes,
                            "embedding_dim": cfg.model.embedding_dim, "loss": cfg.loss.name},
-              guard=PreemptionGuard(checkpoint_every_minutes=cfg.train.checkpoint_every_minutes),
+              guard=PreemptionGuard(cfg.train.preemption_signals, checkpoint_every_minutes=cfg.train.checkpoint_every_minutes),
               total_steps=the_plan.total_steps)
 
     ckpt = latest_checkpoint(run_dir) if resume == "auto" else resume

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from partial_fc.data.formats.manifest import load_manifest
+from partial_fc.util.signals import DEFAULT_STOP_SIGNALS, check_signal_names
 
 IMAGE_SIZES = (16, 1024)  # pixels per side: below 16 no backbone here has a feature map left
 MAX_WORKERS = 64  # DataLoader processes per rank; far beyond what decoding one rank's batches needs
@@ -52,6 +53,9 @@ class TrainLoaderConfig:
     # Skipping is for the odd bad sample; this many failures in a row (not a decodable image
     # among them) means the data is not what it should be, and the worker raises.
     max_corrupt_in_a_row: int = 1000
+    # Signals the workers ignore: the trainer's preemption signals, which the main process
+    # turns into a checkpoint at a step boundary (SLURM sends them to every process of a step).
+    ignore_signals: tuple[str, ...] = DEFAULT_STOP_SIGNALS
     shard_samples: tuple[int, ...] | None = None
     shard_bytes: tuple[int, ...] | None = None
 
@@ -60,6 +64,7 @@ class TrainLoaderConfig:
             if not ok:
                 raise ValueError(message)
 
+        check_signal_names(self.ignore_signals)
         need(len(self.shards) > 0, "data.shards is empty: give at least one .tar shard (or use from_manifest)")
         need(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
         need(self.num_classes is None or self.num_classes >= 1, f"data.num_classes must be >= 1, got {self.num_classes}")

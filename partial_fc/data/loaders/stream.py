@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from functools import partial
 
 import torch
 from torch.utils.data import DataLoader
@@ -33,9 +34,12 @@ from partial_fc.data.loaders.config import TrainLoaderConfig
 from partial_fc.data.loaders.shard_check import DataError, check_shards, report_shards
 from partial_fc.data.loaders.stats import LoaderStats
 from partial_fc.data.loaders.worker_stream import ShardStream
+from partial_fc.util.signals import ignore_signals
 
 
-def _worker_init(worker_id: int) -> None:
+def _worker_init(worker_id: int, *, ignore: tuple[str, ...]) -> None:
+    # the main process decides what a preemption signal means (a checkpoint, then exit)
+    ignore_signals(ignore)
     # Decoding is one image at a time per worker; torch's intra-op threads would only fight
     # the other workers for the same cores.
     torch.set_num_threads(1)
@@ -95,7 +99,7 @@ class EpochLoader:
             sampler=sampler,
             num_workers=workers,
             pin_memory=self.pin_memory,
-            worker_init_fn=_worker_init if workers > 0 else None,
+            worker_init_fn=partial(_worker_init, ignore=cfg.ignore_signals) if workers > 0 else None,
             prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
             persistent_workers=False,  # workers must see the new epoch
             multiprocessing_context=cfg.worker_start_method if workers > 0 else None,
