@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from partial_fc.checkpoint.class_table import ClassTable
-from partial_fc.checkpoint.space import space_errno
+from partial_fc.util.space import space_errno
 from partial_fc.util.atomic import atomic_path
 
 BLOCK_CLASSES = 65536

@@ -4,7 +4,7 @@ Only plain data goes in (tensors, numbers, strings, lists, tuples, dicts), check
 write, so every file loads with ``torch.load(weights_only=True)``: no pickled object is ever
 executed. Each file's size and SHA-256 go into ``meta.json``; a reader checks the size before any
 long work and the hash while reading, and names the file when either is wrong. A write that
-runs out of space is one line saying so and where (see ``space.py``).
+runs out of space is one line saying so and where (see ``partial_fc/util/space.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from partial_fc.checkpoint.space import out_of_space
+from partial_fc.util.space import out_of_space
 
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.device, torch.Size)
 _HASH_BLOCK_BYTES = 16 << 20

@@ -32,7 +32,7 @@ import torch
 from partial_fc.checkpoint import layout
 from partial_fc.checkpoint.class_table import ClassTable, open_class_table
 from partial_fc.checkpoint.files import fsync_dir, save_file, save_json, sha256_of
-from partial_fc.checkpoint.space import out_of_space
+from partial_fc.util.space import out_of_space
 from partial_fc.head.ranges import class_range
 
 #: new_rows(lo, hi) -> rows [lo, hi) of the whole matrix (row ids: class c is rows [c K, (c + 1) K))

@@ -23,7 +23,7 @@ from partial_fc.checkpoint.log import info
 from partial_fc.checkpoint.meta import build_meta
 from partial_fc.checkpoint.records import pack_records, unpack_records
 from partial_fc.checkpoint.rng import capture_rng_state
-from partial_fc.checkpoint.space import out_of_space
+from partial_fc.util.space import out_of_space
 from partial_fc.checkpoint.trainer_state import TrainerState
 from partial_fc.comm import Collectives
 from partial_fc.comm.agree import run_agreed

@@ -19,17 +19,24 @@ _WHY = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhau
 
 
 @contextmanager
-def out_of_space(path: Path, *, what: str) -> Iterator[None]:
+def out_of_space(path: Path, *, what: str | None = None, describe: str | None = None,
+                 elsewhere: str = "write somewhere else") -> Iterator[None]:
     """Around the writing of ``path``: no space left (ENOSPC), quota exhausted (EDQUOT) or the
     process's file size limit reached (EFBIG) removes the partial file and raises a ValueError
-    naming the file, the file system and its free space. Other errors pass unchanged."""
+    naming the file, the file system and its free space. Other errors pass unchanged.
+    ``what``: a checkpoint file's part ("trainer_state"); ``describe``: the whole description of
+    the file instead ("config file runs/x/config.yaml"); ``elsewhere``: the fix besides room."""
+    path = Path(path)
+    if describe is None:
+        describe = f"checkpoint file {path} ({what})"
+        elsewhere = "set run_dir to another file system"
     try:
         yield
     except (OSError, RuntimeError) as e:
         code = space_errno(e)
         if code is None:
             raise
-        message = _message(path, what, code)  # before the unlink: the free space when it failed
+        message = _message(path, describe, code, elsewhere)  # before the unlink: the free space when it failed
         try:
             path.unlink(missing_ok=True)  # give the room back to the rest of the run
         except OSError:
@@ -57,8 +64,7 @@ def mount_point(path: Path) -> Path:
     return path
 
 
-def _message(path: Path, what: str, code: int) -> str:
-    where = f"checkpoint file {path} ({what})"
+def _message(path: Path, where: str, code: int, elsewhere: str) -> str:
     if code == errno.EFBIG:
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         return (f"{_WHY[code]} writing {where}: this process may write files of at most {_bytes(limit)} "
@@ -69,7 +75,7 @@ def _message(path: Path, what: str, code: int) -> str:
         free = f"{_bytes(stats.f_bavail * stats.f_frsize)} free"
     except OSError:
         free = "free space unknown"
-    return f"{_WHY[code]} writing {where}: {free} on {mount}; make room there or set run_dir to another file system"
+    return f"{_WHY[code]} writing {where}: {free} on {mount}; make room there or {elsewhere}"
 
 
 def _bytes(n: int) -> str:
