@@ -5,7 +5,10 @@ process is still saving; they end when the main process shuts its loader down.""
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
+import sys
 from collections.abc import Sequence
 
 DEFAULT_STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
@@ -36,3 +39,20 @@ def ignore_signals(names: Sequence[str] = DEFAULT_STOP_SIGNALS) -> None:
     """Ignore ``names`` in this process (call it first thing in a worker)."""
     for sig in signal_numbers(names):
         signal.signal(sig, signal.SIG_IGN)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Call first thing in a worker process started by ``parent_pid``: the kernel kills the worker
+    when its parent dies (Linux), and a worker whose parent is already gone exits now. torch's own
+    check compares the parent pid with the one it reads at worker start, after ``worker_init_fn``;
+    a parent SIGKILLed in between (an OOM kill, a node that dies) left workers orphaned forever."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl: the pid check below still closes the race
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(0)

@@ -23,6 +23,7 @@ arguments; nothing here looks up the process group.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from functools import partial
@@ -34,11 +35,13 @@ from partial_fc.data.loaders.config import TrainLoaderConfig
 from partial_fc.data.loaders.shard_check import DataError, check_shards, report_shards
 from partial_fc.data.loaders.stats import LoaderStats
 from partial_fc.data.loaders.worker_stream import ShardStream
-from partial_fc.util.signals import ignore_signals
+from partial_fc.util.signals import die_with_parent, ignore_signals
 
 
-def _worker_init(worker_id: int, *, ignore: tuple[str, ...]) -> None:
-    # the main process decides what a preemption signal means (a checkpoint, then exit)
+def _worker_init(worker_id: int, *, ignore: tuple[str, ...], parent: int) -> None:
+    # the main process decides what a preemption signal means (a checkpoint, then exit); a
+    # worker ignoring SIGTERM must then surely end with its parent
+    die_with_parent(parent)
     ignore_signals(ignore)
     # Decoding is one image at a time per worker; torch's intra-op threads would only fight
     # the other workers for the same cores.
@@ -99,7 +102,7 @@ class EpochLoader:
             sampler=sampler,
             num_workers=workers,
             pin_memory=self.pin_memory,
-            worker_init_fn=partial(_worker_init, ignore=cfg.ignore_signals) if workers > 0 else None,
+            worker_init_fn=partial(_worker_init, ignore=cfg.ignore_signals, parent=os.getpid()) if workers > 0 else None,
             prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
             persistent_workers=False,  # workers must see the new epoch
             multiprocessing_context=cfg.worker_start_method if workers > 0 else None,
