@@ -28,3 +28,15 @@ def tiny_config(data_dir: Path, run_dir: Path, **sections) -> dict:
     for section, values in sections.items():
         cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
     return cfg
+
+
+def train_tiny_run(data_dir: Path, run_dir: Path) -> Path:
+    """Two steps of the tiny config without evaluation, checkpointed at step 2: a run directory
+    for the commands that read one (eval, embed, export, centers)."""
+    from partial_fc.config import from_dict
+    from partial_fc.config.train import TrainConfig
+    from partial_fc.train.trainer import train
+
+    train(from_dict(TrainConfig, tiny_config(data_dir, run_dir, eval={"pairs": []},
+                                             train={"epochs": 1, "max_steps": 2, "log_every": 1, "checkpoint_every": 2})))
+    return run_dir

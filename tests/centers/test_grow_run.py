@@ -15,12 +15,12 @@ from PIL import Image
 from partial_fc.checkpoint import latest_checkpoint, read_meta
 from partial_fc.checkpoint.class_table import open_class_table
 from partial_fc.cli import main as cli_main
-from partial_fc.config import from_dict, load_yaml
+from partial_fc.config import load_yaml
 from partial_fc.config.train import TrainConfig
 from partial_fc.data.loaders.worker_stream import to_float_chw
 from partial_fc.eval.backbone import load_backbone
 from partial_fc.train.trainer import train
-from tests.tiny_run import make_tiny_data, tiny_config
+from tests.tiny_run import make_tiny_data, train_tiny_run
 
 NEW = {"bob": 3, "alice": 2, "carol": 1}  # identity -> images; sorted by name they become C, C + 1, C + 2
 
@@ -32,10 +32,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run_dir(data_dir, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "run"
-    train(from_dict(TrainConfig, tiny_config(data_dir, run, eval={"pairs": []},
-                                             train={"epochs": 1, "max_steps": 2, "log_every": 1, "checkpoint_every": 2})))
-    return run
+    return train_tiny_run(data_dir, tmp_path_factory.mktemp("runs") / "run")
 
 
 def _identity_folders(root: Path) -> Path:

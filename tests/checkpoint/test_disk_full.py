@@ -6,7 +6,6 @@ kernel answers EFBIG."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from partial_fc import PartialFC
 from partial_fc.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from partial_fc.comm import SingleProcess, make_collectives
 from tests.distributed import run_ranks
+from tests.disk import small_disk as mount_small_disk
 
 REPO = Path(__file__).resolve().parents[2]
 DISK_BYTES = 1 << 20  # holds the small checkpoint (about 40 KiB), not a 2 MB trainer state
@@ -29,17 +29,8 @@ def _head() -> PartialFC:
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(mount)],
-                          capture_output=True, text=True) if shutil.which("mount") else None
-    if done is None or done.returncode != 0:
-        pytest.skip(f"cannot mount a {DISK_BYTES}-byte tmpfs here (needs root): "
-                    f"{done.stderr.strip() if done else 'no mount command'}")
-    try:
+    with mount_small_disk(tmp_path, DISK_BYTES) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def _save_small_then_big(rank: int, world: int, run_dir: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,6 @@ import torch
 from PIL import Image
 
 from partial_fc.cli import main as cli_main
-from partial_fc.config import from_dict
-from partial_fc.config.train import TrainConfig
 from partial_fc.data.formats.pair_files import load_pairs
 from partial_fc.data.loaders.worker_stream import to_float_chw
 from partial_fc.eval import summarize_roc, verify_interleaved
@@ -22,8 +19,7 @@ from partial_fc.eval.align import ARCFACE_TEMPLATE_112
 from partial_fc.eval.backbone import load_backbone
 from partial_fc.eval.sources import open_source
 from partial_fc.metrics.verification import flip_sum_normalize, pair_cosine
-from partial_fc.train.trainer import train
-from tests.tiny_run import make_tiny_data, tiny_config
+from tests.tiny_run import make_tiny_data, train_tiny_run
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 
@@ -35,10 +31,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run_dir(data_dir, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "run"
-    train(from_dict(TrainConfig, tiny_config(data_dir, run, eval={"pairs": []},
-                                             train={"epochs": 1, "max_steps": 2, "log_every": 1, "checkpoint_every": 2})))
-    return run
+    return train_tiny_run(data_dir, tmp_path_factory.mktemp("runs") / "run")
 
 
 def _png(path: Path) -> np.ndarray:

@@ -13,7 +13,7 @@ import torch
 from partial_fc import PartialFC, margins
 from partial_fc.head.margins.angular import psi
 from tests import reference
-from tests.distributed import run_ranks
+from tests.distributed import at_world_sizes
 from tests.head.cases import INIT_STD, SEED, batch_at_angles, full_weight, global_batch
 
 C, D, B, CHUNK = 301, 8, 12, 40  # uneven shards at 2 and 3 ranks; several tiles per rank
@@ -63,10 +63,7 @@ def head_results(rank: int, world_size: int) -> dict:
 
 @pytest.fixture(scope="module")
 def results() -> dict[int, list[dict]]:
-    out = {1: [head_results(0, 1)]}
-    for world_size in (2, 3):
-        out[world_size] = run_ranks(head_results, world_size)
-    return out
+    return at_world_sizes(head_results)
 
 
 def reference_grads(key: str):

@@ -9,7 +9,7 @@ import torch
 
 from partial_fc import PartialFC, margins
 from tests import reference
-from tests.distributed import run_ranks
+from tests.distributed import at_world_sizes
 from tests.head.cases import INIT_STD, SEED, global_batch
 from tests.head.sampling_oracle import sampled_classes
 
@@ -42,10 +42,7 @@ def head_results(rank: int, world_size: int) -> dict:
 
 @pytest.fixture(scope="module")
 def results() -> dict[int, list[dict]]:
-    out = {1: [head_results(0, 1)]}
-    for world_size in (2, 3):
-        out[world_size] = run_ranks(head_results, world_size)
-    return out
+    return at_world_sizes(head_results)
 
 
 def reference_grads(weight: torch.Tensor, classes=None):

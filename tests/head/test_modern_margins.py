@@ -13,7 +13,7 @@ import torch
 from partial_fc import PartialFC, margins
 from partial_fc.head.sharded_ce import target_logits
 from tests import reference
-from tests.distributed import run_ranks
+from tests.distributed import at_world_sizes
 from tests.head.cases import INIT_STD, SEED, global_batch
 from tests.head.sampling_oracle import sampled_classes
 
@@ -66,10 +66,7 @@ def head_results(rank: int, world_size: int) -> dict:
 
 @pytest.fixture(scope="module")
 def results() -> dict[int, list[dict]]:
-    out = {1: [head_results(0, 1)]}
-    for world_size in (2, 3):
-        out[world_size] = run_ranks(head_results, world_size)
-    return out
+    return at_world_sizes(head_results)
 
 
 def assemble(per_rank: list[dict], key) -> dict:

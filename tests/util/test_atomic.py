@@ -4,7 +4,6 @@ RLIMIT_FSIZE in a child process (any user) for the file size limit."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,23 +14,15 @@ import pytest
 from partial_fc.config import dump_yaml, load_yaml
 from partial_fc.config.train import TrainConfig
 from partial_fc.util.atomic import write_json_atomic, write_text_atomic
+from tests.disk import small_disk as mount_small_disk
 
 DISK_BYTES = 256 << 10
 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(mount)],
-                          capture_output=True, text=True) if shutil.which("mount") else None
-    if done is None or done.returncode != 0:
-        pytest.skip(f"cannot mount a {DISK_BYTES}-byte tmpfs here (needs root): "
-                    f"{done.stderr.strip() if done else 'no mount command'}")
-    try:
+    with mount_small_disk(tmp_path, DISK_BYTES) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_writes_are_whole_and_readable(tmp_path: Path) -> None:
