@@ -32,8 +32,8 @@ from partial_fc.util.atomic import write_json_atomic
 
 MiB = 1024 * 1024
 TARGETS = {"step_vs_floor": 1.5, "peak_vs_naive": 0.6, "working_vs_naive": 0.2}
-# What the head implements today; the planner already models the compact modes and offload.
-AVAILABLE = {"state_dtype": ("fp32",), "optim_state": ("fp32",), "offload": ("none",)}
+# What the bench runs today; the planner also models the offloaded table.
+AVAILABLE = {"state_dtype": ("fp32", "bf16", "fp16"), "optim_state": ("fp32", "bf16", "int8"), "offload": ("none",)}
 _FIND_MAX_TRIES = 3
 
 
@@ -48,8 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (optimizer state is created and first touched)")
     add_device_argument(parser)
-    parser.add_argument("--state-dtype", default="fp32", metavar="{fp32,bf16,fp16}", help="storage dtype of the class centers")
-    parser.add_argument("--optim-state", default="fp32", metavar="{fp32,bf16,int8}", help="storage of their optimizer state")
+    parser.add_argument("--state-dtype", default="fp32", metavar="{fp32,bf16,fp16}",
+                        help="storage dtype of the class centers (stochastically rounded updates)")
+    parser.add_argument("--optim-state", default="fp32", metavar="{fp32,bf16,int8}",
+                        help="storage of their momentum (int8: one fp32 scale per row)")
     parser.add_argument("--offload", default="none", metavar="{none,host,mmap}", help="where the class table lives")
     parser.add_argument("--find-max", metavar="MEMORY", help="find the largest --classes whose peak fits MEMORY per rank "
                         "(e.g. 8GiB; on CUDA the allocator's peak, the context comes on top): the planner "
@@ -107,7 +109,7 @@ def _validate(args: argparse.Namespace) -> None:
         if value not in modelled[name]:
             raise ValueError(f"{flag} must be one of {sorted(modelled[name])}, got {value!r}")
         if value not in available:
-            raise ValueError(f"{flag} {value} is not implemented in the head yet; bench head runs {', '.join(available)} "
+            raise ValueError(f"{flag} {value} is not built yet; bench head runs {', '.join(available)} "
                              f"(partial-fc plan models {value} already)")
 
 
@@ -153,7 +155,8 @@ def _bench_rank(rank: int, world_size: int, cfg: dict) -> dict:
     from partial_fc.bench.naive import NaivePartialFC
     from partial_fc.comm import make_collectives
     from partial_fc.head.sampling import sample_classes
-    from partial_fc.optim import RowSparseSGD
+    from partial_fc.head.row_init import init_class_rows
+    from partial_fc.optim import WEIGHT_STORAGE, RowSparseSGD
 
     device = torch.device("cuda", rank) if cfg["cuda"] else torch.device("cpu")
     meter = MemoryMeter(device)
@@ -166,12 +169,18 @@ def _bench_rank(rank: int, world_size: int, cfg: dict) -> dict:
     sync()
     before = meter.current()
 
-    margin = margins.build(cfg["margin"])
+    margin = margins.build(cfg["margin"]).to(device)
     sgd = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
     if cfg["impl"] == "head":
+        # built on the meta device, then given its rows in the storage dtype directly: converting
+        # fp32 rows afterwards would hold both copies at once, 1.5x the table at the largest C
         head = PartialFC(num_classes, dim, margin=margin, sample_rate=cfg["sample_rate"], chunk_size=cfg["chunk_size"],
-                         check_finite=False, device=device)
-        opt = RowSparseSGD([head.weight], **sgd)
+                         check_finite=False, device="meta")
+        head.margin = margins.build(cfg["margin"]).to(device)  # the one passed in went to meta with the head
+        k, (start, stop) = margin.subcenters, head.class_range
+        head.weight = torch.nn.Parameter(init_class_rows(head.seed, start * k, stop * k, dim, std=0.01,
+                                                         dtype=WEIGHT_STORAGE[cfg["state_dtype"]], device=device))
+        opt = RowSparseSGD([head.weight], **sgd, state_dtype=cfg["optim_state"], seed=head.seed, row_offset=start * k)
     else:
         head = NaivePartialFC(num_classes, dim, margin=margin, sample_rate=cfg["sample_rate"], device=device)
         opt = torch.optim.SGD([head.weight], **sgd)
@@ -200,7 +209,7 @@ def _bench_rank(rank: int, world_size: int, cfg: dict) -> dict:
     sampled = sample_classes(labels, start=start, stop=stop, seed=0, step=total - 1, sample_rate=cfg["sample_rate"]).rows.numel()
     floor = _gemm_floor(labels.numel(), sampled, dim, device, sync, reps=max(3, cfg["steps"]))
     return {"step_s": statistics.median(times), "floor_s": floor, "sampled": sampled, "peak": peak,
-            "weights": weights, "state": state, "first_loss": float(losses[0])}
+            "weights": weights, "state": state, "rows": head.weight.shape[0], "first_loss": float(losses[0])}
 
 
 def _gemm_floor(batch: int, sampled: int, dim: int, device: torch.device, sync, *, reps: int) -> float:
@@ -227,7 +236,8 @@ def _report(cfg: dict, results: dict, *, backend: str, threads: int) -> dict:
     for impl, per_rank in results.items():
         for rank, r in enumerate(per_rank):
             working = r["peak"] - r["weights"] - r["state"]
-            rows.append({"impl": impl, "rank": rank, "step_ms": 1e3 * r["step_s"], "floor_ms": 1e3 * r["floor_s"],
+            rows.append({"impl": impl, "rank": rank, "bytes_per_class": (r["weights"] + r["state"]) / r["rows"],
+                         "step_ms": 1e3 * r["step_s"], "floor_ms": 1e3 * r["floor_s"],
                          "step_vs_floor": r["step_s"] / r["floor_s"], "peak_mib": r["peak"] / MiB,
                          "weights_state_mib": (r["weights"] + r["state"]) / MiB, "working_mib": working / MiB,
                          "sampled_per_rank": r["sampled"], "first_loss": r["first_loss"]})
@@ -252,14 +262,16 @@ def _format(report: dict) -> str:
     lines = [
         f"partial-fc bench head: C={c['classes']:,} D={c['dim']} b={c['batch_size']}/rank (B={c['batch_size'] * c['world_size']}) "
         f"r={c['sample_rate']} N={c['world_size']} chunk={c['chunk_size']} margin={c['margin']}",
+        f"mode: class centers {c['state_dtype']}, momentum {c['optim_state']}, offload {c['offload']} "
+        f"(head only; the naive baseline is fp32)",
         f"device: {report['device']}, backend {report['backend']}; median of {c['steps']} steps after {c['warmup']} warm-up",
         f"memory: {report['memory']}",
         "",
-        f"{'impl':<6}{'rank':>5}{'step ms':>10}{'floor ms':>10}{'x floor':>9}{'peak MiB':>10}{'w+state MiB':>13}"
+        f"{'impl':<6}{'rank':>5}{'B/class':>9}{'step ms':>10}{'floor ms':>10}{'x floor':>9}{'peak MiB':>10}{'w+state MiB':>13}"
         f"{'working MiB':>13}{'S/rank':>9}{'loss@0':>10}",
     ]
     for r in report["rows"]:
-        lines.append(f"{r['impl']:<6}{r['rank']:>5}{r['step_ms']:>10.1f}{r['floor_ms']:>10.1f}{r['step_vs_floor']:>9.2f}"
+        lines.append(f"{r['impl']:<6}{r['rank']:>5}{r['bytes_per_class']:>9.0f}{r['step_ms']:>10.1f}{r['floor_ms']:>10.1f}{r['step_vs_floor']:>9.2f}"
                      f"{r['peak_mib']:>10.0f}{r['weights_state_mib']:>13.0f}{r['working_mib']:>13.0f}"
                      f"{r['sampled_per_rank']:>9}{r['first_loss']:>10.4f}")
     s, t = report["summary"], report["targets"]

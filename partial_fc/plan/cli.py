@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="samples per rank b")
     parser.add_argument("--state-dtype", choices=sorted(STATE_DTYPES), default="fp32", help="class-center storage")
     parser.add_argument("--optim-state", choices=sorted(OPTIM_STATES), default="fp32",
-                        help="optimizer-state storage (int8: one fp32 scale per block of 64)")
+                        help="optimizer-state storage (int8: one fp32 scale per row)")
     parser.add_argument("--offload", choices=OFFLOADS, default="none", help="keep the table in host memory or a mapped file")
     parser.add_argument("--optim", choices=OPTIMIZERS, default="sgd", help="sgd (with momentum) or adamw")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="classes per logit tile")

@@ -10,34 +10,38 @@ Every term names the code it comes from, so a change there shows up here:
 - gradient rows: the S x K sampled rows' fp32 gradient (``grad_rows`` in the workspace; the
   sparse ``weight.grad`` shares its memory) and its int64 indices.
 - gathered embeddings: x and x' (B x D) in the forward, their gradients in the backward.
-- scratch: the optimizer's two (block_rows x D) buffers, ``_row_dot``'s (4096 x D) buffer,
-  the sampling mask (1 byte per local class) and its hash blocks.
+- scratch: the optimizer's block buffers (``optim/scratch.py``; ``optimizer_block_bytes``),
+  ``_row_dot``'s (4096 x D) buffer, the sampling mask (1 byte per local class) and its hash blocks.
 - runtime: what the process holds besides tensors. On CPU, where bench head measures the
   resident set, this is the code pages, thread pools and gloo buffers: 97 MiB, measured with
   ``bench head`` at C=2000, D=16 (torch 2.13 CPU, 1 or 2 ranks alike). On CUDA the allocator's
   peak excludes it; 1 GiB is reserved for the CUDA context and NCCL (an allowance, not measured).
 
-Compact modes (modelled ahead of the code that implements them): bf16/fp16 take 2 bytes per
-element; int8 optimizer state takes 1 byte per element plus one fp32 scale per block of 64
-elements of a row. Arithmetic stays fp32 inside the tile, so the working terms do not shrink,
-and each compact tensor adds one fp32 block scratch to the optimizer. ``offload`` host or mmap
+Compact modes: the persistent bytes per row are ``optim.footprint.bytes_per_row``, computed from
+the optimizers' own state tensors (int8: one fp32 scale per row and state; AdamW: a 4-byte step
+count per row). Arithmetic stays fp32 inside the tile, so the fp32 working terms stay, and a
+bf16 / fp16 shard adds: the class-row gradient in the stored dtype (autograd casts the fp32
+rows to the leaf's dtype: S x D x 2), the stored-dtype gather buffer of a tile
+(``sharded_ce._compute_tile``'s ``tile_w_stored``, tile rows x D x 2), and the optimizer's
+widening, noise and rounding buffers (``optimizer_block_bytes``). ``offload`` host or mmap
 keeps the table (weights + state) off the device; the device then holds the step's sampled
 rows of both, and the table is counted as host memory (pinned RAM) or disk (a mapped file).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
 from partial_fc.head.checks import check_sample_rate
+from partial_fc.optim.footprint import bytes_per_row
 
 STATE_DTYPES = {"fp32": 4, "bf16": 2, "fp16": 2}
 OPTIM_STATES = {"fp32": 4, "bf16": 2, "int8": 1}
 OFFLOADS = ("none", "host", "mmap")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("cuda", "cpu")
-INT8_BLOCK = 64  # elements sharing one fp32 scale
 CPU_RUNTIME_BYTES = 97 * 1024**2
 CUDA_RESERVE_BYTES = 1024**3
 DEFAULT_CHUNK_SIZE = 65536  # partial_fc.head.partial_fc.DEFAULT_CHUNK_SIZE (not imported: keeps plan light)
@@ -121,11 +125,11 @@ def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sam
     big_b = batch_size * world_size
     sampled = sampled_rows_estimate(local, global_batch=big_b, classes=classes, sample_rate=sample_rate)
     row_weight = dim * STATE_DTYPES[state_dtype]
-    row_state = _optimizer_row_bytes(dim, optim=optim, momentum=momentum, optim_state=optim_state)
+    row_state = _row_bytes(dim, optim, state_dtype, optim_state, momentum) - row_weight
     per_class = k * (row_weight + row_state)
     table = local * per_class
     tile_rows = min(sampled, max(1, chunk_size // k)) * k
-    compact = (state_dtype != "fp32") + ((optim_state != "fp32") * _state_tensors(optim, momentum))
+    narrow = STATE_DTYPES[state_dtype] if state_dtype != "fp32" else 0  # bytes per element of a narrow shard
 
     terms = {}
     if offload == "none":
@@ -136,8 +140,13 @@ def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sam
     terms["logit tile"] = tile_rows * big_b * f32
     terms["tile rows"] = tile_rows * dim * f32 if sample_rate < 1.0 else 0
     terms["gradient rows"] = sampled * k * (dim * f32 + 8) + (sampled * 8 if sample_rate < 1.0 else 0)
+    if narrow:
+        terms["stored-dtype gradient rows"] = sampled * k * (dim * narrow + 8)
+        terms["stored-dtype tile rows"] = tile_rows * dim * narrow if sample_rate < 1.0 else 0
     terms["gathered embeddings"] = 4 * big_b * dim * f32 + 2 * batch_size * dim * f32
-    terms["scratch"] = ((2 + compact) * min(_OPTIM_BLOCK_ROWS, sampled * k) * dim * f32
+    block = min(_OPTIM_BLOCK_ROWS, sampled * k)
+    terms["scratch"] = (optimizer_block_bytes(block, dim, optim=optim, state_dtype=state_dtype, optim_state=optim_state,
+                                              momentum=momentum)
                         + min(_ROW_DOT_BLOCK, tile_rows) * dim * f32 + local + 3 * min(_HASH_BLOCK, local) * 8)
     terms["runtime"] = runtime_bytes if runtime_bytes is not None else (
         CUDA_RESERVE_BYTES if device == "cuda" else CPU_RUNTIME_BYTES)
@@ -148,18 +157,41 @@ def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sam
                 host_bytes=table if offload == "host" else 0, disk_bytes=table if offload == "mmap" else 0)
 
 
-def _state_tensors(optim: str, momentum: bool) -> int:
-    return 2 if optim == "adamw" else int(momentum)
+@functools.lru_cache(maxsize=256)
+def _row_bytes(dim: int, optim: str, state_dtype: str, optim_state: str, momentum: bool) -> int:
+    # cached: largest_classes asks the same row size some 60 times
+    return bytes_per_row(dim=dim, optim=optim, weight_dtype=state_dtype, state_dtype=optim_state, momentum=momentum)
 
 
-def _optimizer_row_bytes(dim: int, *, optim: str, momentum: bool, optim_state: str) -> float:
-    """Optimizer-state bytes of one class row: per state tensor D elements (+ int8 scales);
-    AdamW adds a fp32 per-row step count."""
-    per_tensor = dim * OPTIM_STATES[optim_state]
-    if optim_state == "int8":
-        per_tensor += math.ceil(dim / INT8_BLOCK) * 4
-    row = _state_tensors(optim, momentum) * per_tensor
-    return row + (4 if optim == "adamw" else 0)
+def optimizer_block_bytes(rows: int, dim: int, *, optim: str = "sgd", state_dtype: str = "fp32",
+                          optim_state: str = "fp32", momentum: bool = True) -> int:
+    """The row-sparse optimizer's reused buffers for a block of ``rows`` rows (SGD with weight
+    decay, or AdamW), as ``optim/row_sparse.py`` names them, in bytes per element of the block:
+
+    - fp32 rows: the weight, the update and one per state (SGD: w, d, m; AdamW: w, m, v) — 4 each;
+    - a bf16 / fp16 weight: the gradient widened (4), the gathered stored rows (2), their rounded
+      bits (2) and the noise words (4);
+    - bf16 states: the gathered stored rows (2), the rounded bits (4 + 2), the noise (4, shared);
+    - int8 states: one int8 code buffer per code dtype (1 each: int8 momentum, uint8 for Adam's
+      v), the fp32 quotient (4), the noise (4, shared), and one fp32 scale per row.
+    ``tests/plan`` holds this against the buffers a real step leaves behind.
+    """
+    states = 2 if optim == "adamw" else int(momentum)
+    per_element = 12 if states else 8  # SGD w, d (, m); AdamW w, m, v
+    noise = False
+    if state_dtype != "fp32":
+        per_element += 4 + 2 + 2
+        noise = True
+    per_row = 0
+    if states and optim_state == "bf16":
+        per_element += 2 + 4 + 2
+        noise = True
+    elif states and optim_state == "int8":
+        per_element += states + 4  # one code buffer per code dtype: int8 (signed), uint8 (Adam's v)
+        per_row += 4
+        noise = True
+    per_element += 4 if noise else 0
+    return rows * (dim * per_element + per_row)
 
 
 def largest_classes(budget_bytes: int, **kwargs) -> int:

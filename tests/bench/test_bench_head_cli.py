@@ -37,9 +37,9 @@ def test_json_dash_prints_only_json(capsys):
 
 
 @pytest.mark.parametrize("flags, match", [
-    (["--state-dtype", "bf16"], "--state-dtype bf16 is not implemented in the head yet; bench head runs fp32"),
-    (["--optim-state", "int8"], "--optim-state int8 is not implemented in the head yet; bench head runs fp32"),
-    (["--offload", "host"], "--offload host is not implemented in the head yet; bench head runs none"),
+    (["--offload", "host"], r"--offload host is not built yet; bench head runs none \(partial-fc plan models host"),
+    (["--offload", "mmap"], "--offload mmap is not built yet; bench head runs none"),
+    (["--optim-state", "fp16"], r"--optim-state must be one of \['bf16', 'fp32', 'int8'\], got 'fp16'"),
     (["--state-dtype", "fp8"], r"--state-dtype must be one of \['bf16', 'fp16', 'fp32'\], got 'fp8'"),
     (["--device", "tpu"], "--device 'tpu' is not a device"),
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
@@ -50,6 +50,26 @@ def test_one_line_errors(flags, match, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err
     assert re.search(match, err), err
+
+
+@pytest.mark.parametrize("weights, state", [("bf16", "int8"), ("fp16", "bf16"), ("fp32", "int8")])
+def test_compact_modes_store_what_they_say(weights, state, capsys):
+    from partial_fc.optim import bytes_per_row
+
+    assert main([*TINY, "--no-baseline", "--state-dtype", weights, "--optim-state", state, "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # the ranks' own tensors, per class row: exactly the optimizers' footprint of the mode
+    assert {r["bytes_per_class"] for r in report["rows"]} == {bytes_per_row(dim=16, weight_dtype=weights, state_dtype=state)}
+    assert report["config"]["state_dtype"] == weights and report["config"]["optim_state"] == state
+    # both ranks compute the same global loss from the same (rounded-once) initial rows
+    assert report["rows"][0]["first_loss"] == report["rows"][1]["first_loss"]
+
+
+def test_the_report_names_the_mode(capsys):
+    assert main([*TINY, "--no-baseline", "--state-dtype", "bf16", "--optim-state", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert "mode: class centers bf16, momentum int8, offload none" in out
+    assert re.search(r"\nhead\s+0\s+52\s", out), out  # 2 x 16 + 16 + a 4-byte scale per class
 
 
 def test_find_max_proposes_and_confirms(tmp_path, capsys):
@@ -63,6 +83,20 @@ def test_find_max_proposes_and_confirms(tmp_path, capsys):
     # 300 MiB - 97 MiB runtime over 512 B per class (fp32 D=64 weights + momentum), 2 ranks: ~0.8M
     assert 600_000 < fm["confirmed"] < 850_000
     assert f"largest C within 300.00 MiB per rank: {fm['confirmed']:,} classes" in capsys.readouterr().out
+
+
+def test_find_max_with_compact_state(tmp_path):
+    out = tmp_path / "max.json"
+    assert main(["bench", "head", "--find-max", "300MiB", "--dim", "64", "--batch-size", "32", "--sample-rate", "0.1",
+                 "--world-size", "2", "--steps", "2", "--warmup", "1", "--device", "cpu", "--state-dtype", "bf16",
+                 "--optim-state", "int8", "--json", str(out)]) == 0
+    found = json.loads(out.read_text())
+    fm = found["find_max"]
+    assert max(r["peak_mib"] for r in found["rows"]) * 2**20 <= 300 * 2**20
+    # 196 B per class against fp32's 512 (above: < 850k); the sampled rows' working buffers
+    # (fp32 and bf16 gradient, tile rows: ~1.2 KiB per sampled class at r = 0.1) take the rest: ~1.35M
+    assert 1_100_000 < fm["confirmed"] <= fm["proposed"] < 1_600_000
+    assert found["rows"][0]["bytes_per_class"] == 196
 
 
 def _rank_pids(parent: int) -> list[int]:

@@ -14,13 +14,47 @@ GiB = 1024**3
 
 
 def test_bytes_per_class_of_each_storage_mode():
+    from partial_fc.optim import bytes_per_row
+
     plan = lambda **kw: plan_memory(classes=1000, dim=512, world_size=1, batch_size=8, **kw)  # noqa: E731
     assert plan().bytes_per_class == 512 * (4 + 4)  # fp32 weights + fp32 momentum
     assert plan(optim="adamw").bytes_per_class == 512 * 12 + 4  # two moments + a fp32 step count per row
     assert plan(momentum=False).bytes_per_class == 512 * 4
-    # bf16 weights, int8 momentum with one fp32 scale per 64 elements: 1024 + 512 + 8 * 4
-    assert plan(state_dtype="bf16", optim_state="int8").bytes_per_class == 1568
+    # bf16 weights, int8 momentum with one fp32 scale per row: 1024 + 512 + 4
+    assert plan(state_dtype="bf16", optim_state="int8").bytes_per_class == 1540
+    assert plan(state_dtype="bf16", optim_state="int8", optim="adamw").bytes_per_class == 1024 + 2 * (512 + 4) + 4
     assert plan(state_dtype="fp16", optim_state="bf16").bytes_per_class == 512 * 4
+    assert plan(state_dtype="bf16", optim_state="int8", subcenters=3).bytes_per_class == 3 * 1540
+    for optim in ("sgd", "adamw"):
+        for weights in ("fp32", "bf16", "fp16"):
+            for state in ("fp32", "bf16", "int8"):
+                p = plan(optim=optim, state_dtype=weights, optim_state=state)
+                assert p.bytes_per_class == bytes_per_row(dim=512, optim=optim, weight_dtype=weights, state_dtype=state)
+                assert p.terms["weights"] + p.terms["optimizer state"] == 1000 * p.bytes_per_class
+
+
+@pytest.mark.parametrize("optim", ["sgd", "adamw"])
+@pytest.mark.parametrize("weights, state", [("fp32", "fp32"), ("bf16", "int8"), ("fp16", "bf16"), ("fp32", "int8"),
+                                            ("bf16", "fp32")])
+def test_optimizer_block_bytes_are_the_buffers_a_step_leaves(optim, weights, state):
+    import torch
+
+    from partial_fc.optim import RowSparseAdamW, RowSparseSGD, store_weight_as
+    from partial_fc.plan.memory import optimizer_block_bytes
+
+    rows, dim, block = 3000, 32, 512
+    p = torch.nn.Parameter(torch.randn(rows, dim, generator=torch.Generator().manual_seed(0)) * 0.01)
+    store_weight_as(p, weights)
+    kw = dict(lr=0.1, block_rows=block, state_dtype=state)
+    opt = RowSparseSGD([p], momentum=0.9, weight_decay=5e-4, **kw) if optim == "sgd" else RowSparseAdamW([p], **kw)
+    picked = torch.arange(0, rows, 2)  # 1500 rows: two full blocks and a partial one
+    for _ in range(2):
+        values = torch.randn(picked.numel(), dim).to(p.dtype)
+        p.grad = torch.sparse_coo_tensor(picked[None], values, p.shape, is_coalesced=True, check_invariants=False)
+        opt.step()
+    held = sum(b.numel() * b.element_size() for b in opt._scratch._buffers.values())
+    # exact: the buffers are sized by the largest block, whatever the values
+    assert optimizer_block_bytes(block, dim, optim=optim, state_dtype=weights, optim_state=state) == held
 
 
 def test_offload_moves_the_table_off_the_device():
@@ -94,23 +128,27 @@ def test_plan_command_fits_and_suggests(capsys, tmp_path):
     assert "'lots' is not a number" in capsys.readouterr().err
 
 
-# (C, D, b per rank, sample rate, ranks): million-class sampling with a small D, the full
-# softmax with one 50k-row tile, and a middle shape with a larger D and batch.
-SHAPES = [(1_000_000, 64, 32, 0.05, 2), (100_000, 256, 128, 1.0, 2), (300_000, 256, 256, 0.2, 2)]
+# (C, D, b per rank, sample rate, ranks, class centers, momentum): million-class sampling with
+# a small D, the full softmax with one 50k-row tile, a middle shape with a larger D and batch,
+# and compact storage at two of them (their stored-dtype gradient, tile and optimizer buffers).
+SHAPES = [(1_000_000, 64, 32, 0.05, 2, "fp32", "fp32"), (100_000, 256, 128, 1.0, 2, "fp32", "fp32"),
+          (300_000, 256, 256, 0.2, 2, "fp32", "fp32"), (1_000_000, 64, 32, 0.05, 2, "bf16", "int8"),
+          (300_000, 256, 256, 0.2, 2, "fp16", "bf16")]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "C{}-D{}-b{}-r{}-N{}".format(*s))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "C{}-D{}-b{}-r{}-N{}-{}-{}".format(*s))
 def test_prediction_within_10_percent_of_bench_head(shape, tmp_path):
-    classes, dim, batch, rate, world = shape
+    classes, dim, batch, rate, world, weights, state = shape
     out = tmp_path / "bench.json"
     # 2 warm-up steps create and touch the optimizer state; 3 timed steps are enough for a peak
     assert main(["bench", "head", "--classes", str(classes), "--dim", str(dim), "--batch-size", str(batch),
                  "--sample-rate", str(rate), "--world-size", str(world), "--steps", "3", "--warmup", "2",
+                 "--state-dtype", weights, "--optim-state", state,
                  "--no-baseline", "--device", "cpu", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     peak = max(r["peak_mib"] for r in report["rows"]) * 1024**2
     planned = plan_memory(classes=classes, dim=dim, world_size=world, batch_size=batch, sample_rate=rate,
-                          device="cpu").total_bytes
+                          state_dtype=weights, optim_state=state, device="cpu").total_bytes
     # 10 %: the bound. The CPU peak is a resident-set high-water mark, so page-granular
     # touches of the momentum buffer and the allocator's retained blocks move it by a few %.
     assert abs(planned / peak - 1) < 0.10, (planned / 2**20, peak / 2**20)
@@ -125,7 +163,7 @@ def test_require_fits_refuses_in_one_line_naming_the_fix():
     with pytest.raises(ValueError) as info:
         require_fits(plan, 80 * GiB, where="cuda:0")
     msg = str(info.value)
-    assert "\n" not in msg and msg.startswith("the head needs 151.71 GiB per rank for 300,000,000 classes but cuda:0 has 80.00 GiB")
+    assert "\n" not in msg and msg.startswith("the head needs 151.72 GiB per rank for 300,000,000 classes but cuda:0 has 80.00 GiB")
     assert "weights 71.53 GiB" in msg and "--offload host" in msg
     for label, fixed in suggestions(plan, 80 * GiB):
         assert fixed.fits(80 * GiB) and fixed.classes == plan.classes, label
