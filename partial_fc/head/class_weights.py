@@ -14,9 +14,17 @@ from torch import nn
 from partial_fc.comm import gather_with_grad, make_collectives
 from partial_fc.head.checks import check_batch, check_global
 from partial_fc.head.ranges import class_range
-from partial_fc.head.row_init import init_class_rows
+from partial_fc.head.row_init import BLOCK_ROWS, init_class_rows
+from partial_fc.optim.quantized import WEIGHT_STORAGE
 
 DEFAULT_CHUNK_SIZE = 65536
+
+
+
+def check_state_dtype(state_dtype: str) -> None:
+    """``state_dtype``: the storage of the class rows (``head.state_dtype``, the planner's name)."""
+    if state_dtype not in WEIGHT_STORAGE:
+        raise ValueError(f"state_dtype must be one of {list(WEIGHT_STORAGE)}, got {state_dtype!r}")
 
 
 class ShardedClassWeights(nn.Module):
@@ -25,7 +33,8 @@ class ShardedClassWeights(nn.Module):
     Attributes: ``weight`` (rows of classes ``class_range``, row-sparse gradient; row r of the
     whole matrix is initialised from (seed, r) alone, so at any world size), ``class_range``
     (class ids, from ``head.ranges.class_range``), ``num_classes``, ``embedding_dim``, ``seed``,
-    ``chunk_size``, ``backbone_grad_average`` and ``comm`` (the collectives of ``group``; None:
+    ``chunk_size``, ``state_dtype`` (the rows' storage: fp32, bf16 or fp16; the arithmetic of a
+    step is fp32 either way), ``backbone_grad_average`` and ``comm`` (the collectives of ``group``; None:
     the default group when one is initialised, else a single process).
 
     The extra state {num_classes, class_range, seed} (plus a subclass's ``_own_extra_state``)
@@ -38,8 +47,10 @@ class ShardedClassWeights(nn.Module):
 
     def __init__(self, num_classes: int, embedding_dim: int, *, rows_per_class: int = 1, group: Any = None,
                  seed: int = 0, chunk_size: int = DEFAULT_CHUNK_SIZE, init_std: float = 0.01,
-                 backbone_grad_average: bool = True, device: torch.device | str | None = None) -> None:
+                 backbone_grad_average: bool = True, state_dtype: str = "fp32",
+                 device: torch.device | str | None = None) -> None:
         super().__init__()
+        check_state_dtype(state_dtype)
         if not (isinstance(num_classes, int) and num_classes >= 1):
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
         if not (isinstance(embedding_dim, int) and embedding_dim >= 1):
@@ -52,12 +63,24 @@ class ShardedClassWeights(nn.Module):
             raise ValueError(f"rows_per_class must be an integer >= 1, got {rows_per_class!r}")
         self.comm = make_collectives(group)
         self.num_classes, self.embedding_dim, self.chunk_size, self.seed = num_classes, embedding_dim, chunk_size, seed
-        self.backbone_grad_average = backbone_grad_average
+        self.backbone_grad_average, self.state_dtype = backbone_grad_average, state_dtype
         self.class_range = class_range(num_classes, self.comm.world_size, self.comm.rank)
         start, stop = self.class_range
-        k = rows_per_class
-        rows = init_class_rows(seed, start * k, stop * k, embedding_dim, std=init_std, device=device)
-        self.weight = nn.Parameter(self._initial_rows(rows))
+        self.weight = nn.Parameter(self._stored_rows(start * rows_per_class, stop * rows_per_class, init_std, device))
+
+    def _stored_rows(self, lo: int, hi: int, init_std: float, device: torch.device | str | None) -> torch.Tensor:
+        """Rows [lo, hi) in the storage dtype, one init block at a time: a narrow shard never
+        exists in fp32 as a whole. Each block is drawn and started in fp32 and rounded to
+        nearest once (the initial values carry no accumulated updates that stochastic rounding
+        would protect); an fp32 shard holds exactly the values of one fp32 draw."""
+        out = torch.empty(hi - lo, self.embedding_dim, dtype=WEIGHT_STORAGE[self.state_dtype], device=device)
+        cut = lo
+        while cut < hi:
+            end = min(hi, (cut // BLOCK_ROWS + 1) * BLOCK_ROWS)  # the init blocks' own boundaries
+            block = init_class_rows(self.seed, cut, end, self.embedding_dim, std=init_std, device=device)
+            out[cut - lo:end - lo] = self._initial_rows(block)
+            cut = end
+        return out
 
     def _initial_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """The rows drawn from N(0, init_std^2), as the subclass starts them."""

@@ -57,7 +57,7 @@ class PartialFC(ShardedClassWeights):
         self, num_classes: int, embedding_dim: int, *, margin: Margin | str, sample_rate: float = 1.0,
         group: Any = None, seed: int = 0, chunk_size: int = DEFAULT_CHUNK_SIZE, init_std: float = 0.01,
         backbone_grad_average: bool = True, check_inputs: bool = True, check_finite: bool = True,
-        device: torch.device | str | None = None,
+        state_dtype: str = "fp32", device: torch.device | str | None = None,
     ) -> None:
         check_sample_rate(sample_rate)
         margin = margin_registry.build(margin) if isinstance(margin, str) else margin
@@ -68,7 +68,7 @@ class PartialFC(ShardedClassWeights):
             raise ValueError(f"margin.subcenters must be an integer >= 1, got {k!r}")
         super().__init__(num_classes, embedding_dim, rows_per_class=k, group=group, seed=seed,
                          chunk_size=chunk_size, init_std=init_std, backbone_grad_average=backbone_grad_average,
-                         device=device)
+                         state_dtype=state_dtype, device=device)
         self.margin = margin.to(device) if device is not None else margin
         self.sample_rate = float(sample_rate)
         self.check_inputs, self.check_finite = check_inputs, check_finite
