@@ -85,8 +85,10 @@ def load_head(path: Path, meta: dict[str, Any], *, rank: int, world_size: int, h
     source = rank if meta["world_size"] == world_size else 0
     shards = read_shards(path, meta, class_range=tuple(head.class_range), source=source, verify=verify)
     weight = shards.assemble(lambda payload: payload["weight"], like=shards.files[shards.pieces[0][0]]["weight"])
-    if weight.dtype != head.weight.dtype:
-        raise ValueError(f"checkpoint weight is {weight.dtype}, this head's is {head.weight.dtype}")
+    if weight.dtype != head.weight.dtype:  # saved with another head.state_dtype: load_state_dict casts
+        how = "exactly" if head.weight.dtype in (torch.float32, torch.float64) else "rounded to nearest"
+        note(f"checkpoint class weights are {_name(weight.dtype)}, this head stores {_name(head.weight.dtype)}: "
+             f"converted ({how})")
     state = dict(shards.files[source]["module_state"])
     extra = state.get("_extra_state")
     if isinstance(extra, dict) and "class_range" in extra:  # the head's own: step etc., for our range
@@ -98,3 +100,8 @@ def load_head(path: Path, meta: dict[str, Any], *, rank: int, world_size: int, h
     head.load_state_dict({**state, "weight": weight}, strict=True)
     if optimizer is not None:
         load_optimizer(optimizer, head.weight, shards, path=path)
+
+
+def _name(dtype: torch.dtype) -> str:
+    """The ``head.state_dtype`` name of a weight dtype (torch's own for any other)."""
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))

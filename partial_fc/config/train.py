@@ -20,6 +20,8 @@ from partial_fc.config.model import ModelConfig
 from partial_fc.data.loaders.config import check_image_size, check_num_workers
 from partial_fc.engine.stages import check_zero_stage
 from partial_fc.head.checks import check_sample_rate
+from partial_fc.head.class_weights import check_state_dtype
+from partial_fc.optim.head_optimizer import check_optim_state
 from partial_fc.util.signals import check_signal_names
 
 
@@ -70,10 +72,14 @@ class HeadConfig:
     chunk_size: int = 65536
     init_std: float = 0.01
     check_finite: bool = True
+    state_dtype: str = "fp32"  # storage of the class centers: fp32 | bf16 | fp16 (arithmetic stays fp32)
+    optim_state: str = "fp32"  # storage of their optimizer state: fp32 | bf16 | int8
 
     def __post_init__(self) -> None:
         coerce_fields(self)
         _finite(self)
+        check_as("state_dtype", check_state_dtype, self.state_dtype)
+        check_as("optim_state", check_optim_state, self.optim_state)
         choices = margins.names()
         _need(self.margin in choices, "margin", f"must be one of {choices}, got {self.margin!r}{did_you_mean(self.margin, choices)}")
         check_as("sample_rate", check_sample_rate, self.sample_rate)
@@ -245,6 +251,9 @@ class TrainConfig:
         # the loader reads images at the backbone's input size
         check_as("model.input_size", check_image_size, self.model.input_size, name="image_size")
         sampler, k = self.sampler, self.data.images_per_identity
+        _need(self.head.state_dtype == "fp32" or self.loss.name not in AGENT_LOSSES, "head.state_dtype",
+              f"is {self.head.state_dtype!r} but loss.name {self.loss.name} keeps its agents in fp32 (only the "
+              f"partial_fc head computes narrower rows in fp32); set head.state_dtype fp32")
         if self.loss.name in PAIR_LOSSES:
             _need(sampler == "identity", "data.sampler",
                   f"is {self.data.sampler!r} but loss.name {self.loss.name} needs several images per identity in a "

@@ -27,9 +27,17 @@ import torch
 from torch import nn
 
 from partial_fc.comm import Collectives
+from partial_fc.optim.quantized import STATE_DTYPES
 from partial_fc.optim.row_sparse import RowSparseAdamW, RowSparseSGD, sampled_rows
+from partial_fc.optim.row_sparse_base import RowSparseOptimizer
 
 NAMES = ("sgd", "adamw")
+
+
+def check_optim_state(optim_state: str) -> None:
+    """``optim_state``: the storage of the class centers' optimizer state (``head.optim_state``)."""
+    if optim_state not in STATE_DTYPES:
+        raise ValueError(f"optim_state must be one of {list(STATE_DTYPES)}, got {optim_state!r}")
 
 
 class HeadOptimizer:
@@ -39,12 +47,17 @@ class HeadOptimizer:
 
     ``param_groups``, ``state`` and ``state_dict()`` follow ``torch.optim.Optimizer`` (the
     sharded groups first, then the dense one), which is what the checkpoints read and write.
+
+    ``optim_state`` (fp32, bf16, int8) is the storage of the sharded parameters' state; ``seed``
+    and ``row_offset`` (the global row id of this shard's first row) key its stochastic
+    rounding, so the rounding does not depend on the world size.
     """
 
     def __init__(self, *, sharded: Sequence[nn.Parameter], dense: Sequence[nn.Parameter] = (), name: str, lr: float,
                  comm: Collectives, momentum: float = 0.0, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, max_grad_norm: float | None = None,
-                 loss_scaling: bool = False) -> None:
+                 loss_scaling: bool = False, optim_state: str = "fp32", seed: int = 0, row_offset: int = 0) -> None:
+        check_optim_state(optim_state)
         if name not in NAMES:
             raise ValueError(f"unknown head optimizer {name!r}; choose from {list(NAMES)}")
         if max_grad_norm is not None and not max_grad_norm > 0:
@@ -53,8 +66,10 @@ class HeadOptimizer:
         self._optimizers: list[torch.optim.Optimizer] = []
         if sharded:
             self._optimizers.append(
-                RowSparseSGD(sharded, lr=lr, momentum=momentum, weight_decay=weight_decay) if name == "sgd"
-                else RowSparseAdamW(sharded, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+                RowSparseSGD(sharded, lr=lr, momentum=momentum, weight_decay=weight_decay, state_dtype=optim_state,
+                             seed=seed, row_offset=row_offset) if name == "sgd"
+                else RowSparseAdamW(sharded, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                    state_dtype=optim_state, seed=seed, row_offset=row_offset))
         if dense:
             self._optimizers.append(
                 torch.optim.SGD(dense, lr=lr, momentum=momentum, weight_decay=0.0) if name == "sgd"
@@ -122,6 +137,19 @@ class HeadOptimizer:
         factor = torch.clamp(max_norm / (sq.sqrt() + 1e-6), max=1.0).reshape(())
         for g in sharded + dense:
             g.mul_(factor.to(g.dtype))
+
+    def convert_loaded_state(self) -> list[str]:
+        """Bring state that a checkpoint loader set in another format (another ``optim_state``)
+        into this optimizer's format now rather than at the first step; one line per converted
+        state, for the log."""
+        lines = []
+        for opt in self._optimizers:
+            if isinstance(opt, RowSparseOptimizer):
+                for p in [p for group in opt.param_groups for p in group["params"] if opt.state.get(p)]:
+                    opt._state(p)  # converts when the format differs, else returns the state as is
+                lines += opt.conversions
+                opt.conversions = []
+        return lines
 
     # -- torch.optim.Optimizer's state interface (checkpoints) -----------------------------------
     @property

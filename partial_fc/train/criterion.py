@@ -26,7 +26,8 @@ def build_criterion(cfg: TrainConfig, *, num_classes: int, device: torch.device)
     if name == "partial_fc":
         return PartialFC(num_classes, dim, margin=margins.build(head.margin, **head.margin_params),
                          sample_rate=head.sample_rate, seed=cfg.seed, chunk_size=head.chunk_size,
-                         init_std=head.init_std, check_finite=head.check_finite, device=device)
+                         init_std=head.init_std, check_finite=head.check_finite, state_dtype=head.state_dtype,
+                         device=device)
     margin = {} if cfg.loss.margin is None else {"margin": cfg.loss.margin}
     if name in ("c_contrastive", "c_triplet"):
         cls = CContrastiveLoss if name == "c_contrastive" else CTripletLoss
@@ -44,11 +45,22 @@ def build_head_optimizer(cfg: TrainConfig, criterion: torch.nn.Module, *, lr: fl
     """Row-sparse SGD or AdamW over the class weights (only the rows sampled in a step change),
     plain SGD or AdamW without weight decay over the criterion's other trainable parameters
     (a learned scale); with neither (the pair losses) a step only reports the backbone's."""
-    sharded = [criterion.weight] if isinstance(criterion, ShardedClassWeights) else []
+    head = criterion if isinstance(criterion, ShardedClassWeights) else None
+    sharded = [criterion.weight] if head is not None else []
     dense = [p for p in criterion.parameters() if p.requires_grad and all(p is not w for w in sharded)]
     # NormFace's agents take no weight decay (decay_mult 0 in the authors' prototxts): the loss
     # sees only their direction, and decay would shrink them and so inflate their steps
     decay = 0.0 if cfg.loss.name in AGENT_LOSSES else cfg.optim.weight_decay
     return HeadOptimizer(sharded=sharded, dense=dense, name=cfg.optim.name, lr=lr, comm=comm,
                          momentum=cfg.optim.momentum, weight_decay=decay, betas=cfg.optim.betas, eps=cfg.optim.eps,
-                         max_grad_norm=cfg.optim.head_clip_grad_norm, loss_scaling=cfg.train.precision == "fp16")
+                         max_grad_norm=cfg.optim.head_clip_grad_norm, loss_scaling=cfg.train.precision == "fp16",
+                         optim_state=cfg.head.optim_state, **_rounding_key(head))
+
+
+def _rounding_key(head: ShardedClassWeights | None) -> dict[str, int]:
+    """The seed and the global id of the shard's first row, which key the stochastic rounding of
+    narrow state, so a row rounds the same at every world size."""
+    if head is None:
+        return {}
+    rows_per_class = head.weight.shape[0] // max(1, head.class_range[1] - head.class_range[0])
+    return {"seed": head.seed, "row_offset": head.class_range[0] * rows_per_class}

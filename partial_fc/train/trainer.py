@@ -214,6 +214,8 @@ def _setup(cfg: TrainConfig, *, resume: str | None) -> Run:
     if ckpt:
         saved = load_checkpoint(ckpt, comm=comm, head=run.head, head_optimizer=_saved_head_opt(run),
                                 expect_extra=run.fingerprint, seed=cfg.seed, logger=log, device=device)
+        for line in run.head_opt.convert_loaded_state():  # a checkpoint of another head.optim_state
+            log.info(line)
         state = TrainerState.from_dict(saved, path=Path(ckpt) / "trainer.pt")
         engine.load_state_dict(state.engine)
         _resume_at(run, step=state.step, samples_seen=state.samples_seen)
