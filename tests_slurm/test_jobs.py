@@ -19,30 +19,9 @@ SBATCH = str(REPO / "launch" / "slurm.sbatch")
 CPUS = os.cpu_count() or 1
 
 
-def _trainer_calls_the_guard() -> bool:
-    return "PreemptionGuard" in (REPO / "partial_fc" / "train" / "trainer.py").read_text()
-
-
-needs_guard = pytest.mark.skipif(not _trainer_calls_the_guard(),
-                                 reason="partial_fc/train/trainer.py does not call PreemptionGuard yet: "
-                                        "a signal cannot make it save and exit 75")
-
-
-def _loader_workers_ignore_signals() -> tuple[bool, str]:
-    """Does the training loader's worker_init_fn make DataLoader workers ignore SIGTERM and
-    SIGUSR1? Probed in a child interpreter: call it, then read the handlers."""
-    probe = ("import signal; from partial_fc.data.loaders.stream import _worker_init; _worker_init(0); "
-             "print(all(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGTERM, signal.SIGUSR1)))")
-    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
-    if out.returncode != 0:
-        return False, f"cannot probe the loader's worker_init_fn: {out.stderr.strip().splitlines()[-1:]}"
-    return out.stdout.strip() == "True", "the loader's worker_init_fn does not call partial_fc.train.preemption.ignore_in_worker"
-
-
-_WORKERS_OK, _WORKERS_WHY = _loader_workers_ignore_signals()
 # 0: no DataLoader worker, the trainer and the launch path alone; 1: a worker per rank, which the
 # job's SIGTERM/SIGUSR1 reach too (it must survive until the main process has saved)
-WORKERS = [0, pytest.param(1, marks=pytest.mark.skipif(not _WORKERS_OK, reason=_WORKERS_WHY))]
+WORKERS = [0, 1]
 
 
 def _summary(run_dir: Path) -> dict:
@@ -99,7 +78,6 @@ def _check_resumed_losing_at_most_one_step(log: str, total: int) -> None:
     assert "exit code 75" in runs[0] or "requeueing" in runs[0]
 
 
-@needs_guard
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("workers", WORKERS)
 def test_preemption_with_grace_time_requeues_and_completes(tmp_path, slurm_data, workers):
@@ -123,7 +101,6 @@ def test_preemption_with_grace_time_requeues_and_completes(tmp_path, slurm_data,
     assert _summary(tmp_path / "run")["steps"] == total
 
 
-@needs_guard
 @pytest.mark.timeout(1500)
 @pytest.mark.parametrize("workers", WORKERS)
 def test_time_limit_signal_requeues_and_completes(tmp_path, slurm_data, workers):
