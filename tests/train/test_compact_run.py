@@ -24,7 +24,7 @@ from partial_fc.config import from_dict
 from partial_fc.config.errors import ConfigError
 from partial_fc.config.train import TrainConfig
 from partial_fc.train.criterion import build_criterion, build_head_optimizer
-from partial_fc.train.memory_check import head_plan
+from partial_fc.train.memory_check import config_fixes, head_plan
 from partial_fc.train.trainer import train
 from tests.distributed import run_ranks
 from tests.tiny_run import tiny_config
@@ -148,6 +148,12 @@ def test_config_checks_and_the_planner_sees_the_state_dtypes(data_dir, tmp_path)
                      device=torch.device("cpu"))
     assert (plan.state_dtype, plan.optim_state) == ("bf16", "int8")
     assert plan.total_bytes < wide.total_bytes
+    # 10M classes on one rank, a budget the fp32 head misses by 20 % (its rows and momentum are 3/4
+    # of its plan): the compact keys are offered as the fix, by their config names
+    fp32 = from_dict(TrainConfig, _config(data_dir, tmp_path))
+    big = head_plan(fp32, num_classes=10_000_000, world_size=1, device=torch.device("cpu"))
+    fixes = config_fixes(big, int(big.total_bytes * 0.8), cfg=fp32)
+    assert "head.state_dtype=bf16 with head.optim_state=int8" in fixes, fixes
 
 
 def _built_rounding_key(rank: int, world: int, cfg: dict) -> tuple:
