@@ -14,6 +14,7 @@ with one line naming it (``comm.local.run_ranks`` watches the ranks).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -204,12 +205,17 @@ def _bench_rank(rank: int, world_size: int, cfg: dict) -> dict:
     weights = head.weight.numel() * head.weight.element_size()
     state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
     comm = make_collectives()
-    start, stop = head.class_range
-    labels = comm.all_gather(inputs[-1][1])  # also a barrier: every rank measures its floor at the same time
+    (start, stop), rows = head.class_range, head.weight.shape[0]
+    last_labels = inputs[-1][1]
+    # the floor's operands (S x D twice, B x S) come on top of whatever is still alive: free the
+    # head first, or at the largest C that fits the floor itself would be OOM-killed
+    del head, opt, inputs, x, y, loss
+    gc.collect()
+    labels = comm.all_gather(last_labels)  # also a barrier: every rank measures its floor at the same time
     sampled = sample_classes(labels, start=start, stop=stop, seed=0, step=total - 1, sample_rate=cfg["sample_rate"]).rows.numel()
     floor = _gemm_floor(labels.numel(), sampled, dim, device, sync, reps=max(3, cfg["steps"]))
     return {"step_s": statistics.median(times), "floor_s": floor, "sampled": sampled, "peak": peak,
-            "weights": weights, "state": state, "rows": head.weight.shape[0], "first_loss": float(losses[0])}
+            "weights": weights, "state": state, "rows": rows, "first_loss": float(losses[0])}
 
 
 def _gemm_floor(batch: int, sampled: int, dim: int, device: torch.device, sync, *, reps: int) -> float:
