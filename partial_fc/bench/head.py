@@ -3,11 +3,14 @@ bare GEMMs of the same shapes (the floor) and a naive baseline, all measured in 
 
     partial-fc bench head --classes 1000000 --dim 512 --batch-size 128 --sample-rate 0.1 --world-size 2
     partial-fc bench head --find-max 8GiB --dim 512 --batch-size 128 --sample-rate 0.1 --world-size 2
+    partial-fc bench head --classes 1000000 --state-dtype bf16 --optim-state int8 --no-baseline
 
 Each implementation runs in its own freshly spawned ranks (gloo on CPU, NCCL on GPUs), so peak
 memory is measured from a clean process. A step is forward + backward + the head optimizer's
 step, timed on every rank; the median over the timed steps is reported, beside the capacity
-planner's prediction of the peak (``partial_fc.plan``). A rank that dies ends the bench at once
+planner's prediction of the peak (``partial_fc.plan``). ``--state-dtype`` / ``--optim-state``
+store the head's rows and its momentum compactly (``partial_fc.optim``); the naive baseline
+stays fp32. A rank that dies ends the bench at once
 with one line naming it (``comm.local.run_ranks`` watches the ranks).
 """
 
