@@ -40,3 +40,22 @@ def train_tiny_run(data_dir: Path, run_dir: Path) -> Path:
     train(from_dict(TrainConfig, tiny_config(data_dir, run_dir, eval={"pairs": []},
                                              train={"epochs": 1, "max_steps": 2, "log_every": 1, "checkpoint_every": 2})))
     return run_dir
+
+
+def torchrun_train(nproc: int, cfg: dict, tmp_path: Path, name: str) -> str:
+    """``partial-fc train`` under ``torchrun --standalone`` with ``nproc`` ranks on the config dict
+    ``cfg`` (written to ``tmp_path/name.yaml``); asserts exit 0 and returns its stdout."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", str(nproc), "-m", "partial_fc.cli", "train",
+                           "--config", str(path)], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout

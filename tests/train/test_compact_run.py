@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from partial_fc.checkpoint import latest_checkpoint
 from partial_fc.checkpoint.files import safe_load
@@ -27,9 +23,8 @@ from partial_fc.train.criterion import build_criterion, build_head_optimizer
 from partial_fc.train.memory_check import config_fixes, head_plan
 from partial_fc.train.trainer import train
 from tests.distributed import run_ranks
-from tests.tiny_run import tiny_config
+from tests.tiny_run import tiny_config, torchrun_train as _torchrun
 
-TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 COMPACT = {"state_dtype": "bf16", "optim_state": "int8"}
 EPOCH_STEPS = 24  # 192 tiny images, batch 8, one rank
 
@@ -103,16 +98,6 @@ def test_checkpoint_of_another_state_dtype_resumes_converted_with_a_log_line(dat
     assert "checkpoint class weights are bf16, this head stores fp32: converted (exactly)" in out
     assert "optimizer state converted from int8 to state_dtype='fp32'" in out
     assert _head_file(run)["weight"].dtype == torch.float32
-
-
-def _torchrun(nproc: int, cfg: dict, tmp_path: Path, name: str) -> str:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    done = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", str(nproc), "-m", "partial_fc.cli", "train",
-                           "--config", str(path)], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
 
 
 def test_compact_run_on_two_ranks_reshards_to_three_and_to_one(data_dir, tmp_path):

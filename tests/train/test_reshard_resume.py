@@ -5,24 +5,19 @@ is taken from the samples, not from the step counter (which counts steps of anot
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
-import yaml
 
 from partial_fc.config import from_dict
 from partial_fc.config.train import TrainConfig
 from partial_fc.optim.schedule import WarmupDecay
 from partial_fc.train.position import resume_position, steps_left
 from partial_fc.train.trainer import train
-from tests.tiny_run import tiny_config
+from tests.tiny_run import tiny_config, torchrun_train as _torchrun
 
-TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 EPOCH = 192  # the tiny data: 24 identities x 8 images; divisible by 8, 16 and 24 (1, 2, 3 ranks of 8)
 TOTAL = 2 * EPOCH  # train.epochs 2
 WARMUP = EPOCH // 2  # schedule.warmup_epochs 0.5
@@ -59,16 +54,6 @@ def _check_curve_and_position(rows: list[dict], *, batch: int) -> None:
         # the trainer's float arithmetic against exact rationals: a few ulps at most
         assert r["lr"] == pytest.approx(_expected_lr(before, batch), rel=1e-12, abs=0), r
         assert r["epoch"] == before // EPOCH, f"step {r['step']} read epoch {r['epoch']} at sample {before}"
-
-
-def _torchrun(nproc: int, cfg: dict, tmp_path: Path, name: str) -> str:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    done = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", str(nproc), "-m", "partial_fc.cli", "train",
-                           "--config", str(path)], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
 
 
 def _resume_copy(straight: Path, into: Path) -> None:
