@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from partial_fc.checkpoint.class_table import ClassTable
-from partial_fc.util.space import space_errno
 from partial_fc.util.atomic import atomic_path
 
 BLOCK_CLASSES = 65536
@@ -39,17 +38,12 @@ def export_npy(table: ClassTable, out: str | Path, *, normalize: bool = False,
     dtype = output_dtype(table.dtype, normalize=normalize)
     shape = (table.num_classes * table.rows_per_class, table.embedding_dim)
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
-    try:
-        with atomic_path(out) as tmp, open(tmp, "wb") as f:
-            # plain sequential writes, not a memory map: a full disk is an OSError here, not a SIGBUS
-            np.lib.format.write_array_header_2_0(f, header)
-            for _, _, rows in table.blocks(block_classes):
-                if normalize:
-                    rows = torch.nn.functional.normalize(rows.to(torch.promote_types(rows.dtype, torch.float32)), dim=1)
-                f.write(np.ascontiguousarray(rows.to(_TORCH[dtype]).numpy()).tobytes())
-    except OSError as e:
-        if space_errno(e) is None:
-            raise
-        raise ValueError(f"no room writing {out} ({shape[0]} x {shape[1]} {dtype}, {dtype.itemsize * shape[0] * shape[1]:,} "
-                         f"bytes): {e.strerror}; free space there or choose another --out") from e
+    size = f"{out} ({shape[0]} x {shape[1]} {dtype}, {dtype.itemsize * shape[0] * shape[1]:,} bytes)"
+    with atomic_path(out, describe=size) as tmp, open(tmp, "wb") as f:
+        # plain sequential writes, not a memory map: a full disk is an OSError here, not a SIGBUS
+        np.lib.format.write_array_header_2_0(f, header)
+        for _, _, rows in table.blocks(block_classes):
+            if normalize:
+                rows = torch.nn.functional.normalize(rows.to(torch.promote_types(rows.dtype, torch.float32)), dim=1)
+            f.write(np.ascontiguousarray(rows.to(_TORCH[dtype]).numpy()).tobytes())
     return shape, dtype

@@ -24,16 +24,16 @@ FILE_MODE = 0o644  # run folders are meant to be read by others
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, describe: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; after the block it is fsynced and renamed to
     ``path``; on any error it is removed and ``path`` is untouched. A full disk (or quota, or
-    file size limit) is a ValueError naming ``path`` and the free space."""
+    file size limit) is a ValueError naming ``path`` (or ``describe``) and the free space."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a name of its own: two processes writing the same file must not share one temporary
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with out_of_space(tmp, describe=str(path)):
+        with out_of_space(tmp, describe=describe or str(path)):
             yield tmp
             fd = os.open(tmp, os.O_RDONLY)
             try:

@@ -96,7 +96,8 @@ def test_a_file_that_does_not_fit_is_one_line_and_leaves_nothing(saved, tmp_path
                           text=True, timeout=120, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip()
-    assert line.startswith(f"no room writing {out} (29 x 6 float32, 696 bytes): File too large"), line
+    assert line.startswith(f"the file size limit is reached writing {out} (29 x 6 float32, 696 bytes): "
+                           "this process may write files of at most 512 bytes (ulimit -f)"), line
     assert "\n" not in line and list(tmp_path.iterdir()) == []
 
 
