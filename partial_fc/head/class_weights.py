@@ -15,7 +15,7 @@ from partial_fc.comm import gather_with_grad, make_collectives
 from partial_fc.head.checks import check_batch, check_global
 from partial_fc.head.ranges import class_range
 from partial_fc.head.row_init import BLOCK_ROWS, init_class_rows
-from partial_fc.optim.quantized import WEIGHT_STORAGE
+from partial_fc.head.storage import WEIGHT_STORAGE
 
 DEFAULT_CHUNK_SIZE = 65536
 

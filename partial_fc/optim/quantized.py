@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import torch
 
+from partial_fc.head.storage import WEIGHT_STORAGE
 from partial_fc.optim.scratch import Scratch
 from partial_fc.optim.stochastic_round import round_bf16_bits, round_fp16
 
@@ -43,7 +44,6 @@ _CODE_DROP = 20  # fp32 bits below the 3 kept mantissa bits
 
 
 #: ``state_dtype`` of the class centers (the head's / bench's / planner's names) -> torch dtype
-WEIGHT_STORAGE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def store_weight_as(weight: torch.nn.Parameter, name: str) -> None:
