@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -20,19 +19,8 @@ from partial_fc.config.train import TrainConfig
 from partial_fc.data.loaders.worker_stream import to_float_chw
 from partial_fc.eval.backbone import load_backbone
 from partial_fc.train.trainer import train
-from tests.tiny_run import make_tiny_data, train_tiny_run
 
 NEW = {"bob": 3, "alice": 2, "carol": 1}  # identity -> images; sorted by name they become C, C + 1, C + 2
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return make_tiny_data(tmp_path_factory.mktemp("synth") / "data")
-
-
-@pytest.fixture(scope="module")
-def run_dir(data_dir, tmp_path_factory) -> Path:
-    return train_tiny_run(data_dir, tmp_path_factory.mktemp("runs") / "run")
 
 
 def _identity_folders(root: Path) -> Path:

@@ -19,19 +19,8 @@ from partial_fc.eval.align import ARCFACE_TEMPLATE_112
 from partial_fc.eval.backbone import load_backbone
 from partial_fc.eval.sources import open_source
 from partial_fc.metrics.verification import flip_sum_normalize, pair_cosine
-from tests.tiny_run import make_tiny_data, train_tiny_run
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return make_tiny_data(tmp_path_factory.mktemp("synth") / "data")
-
-
-@pytest.fixture(scope="module")
-def run_dir(data_dir, tmp_path_factory) -> Path:
-    return train_tiny_run(data_dir, tmp_path_factory.mktemp("runs") / "run")
 
 
 def _png(path: Path) -> np.ndarray:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-from tests.tiny_run import make_tiny_data
 
 
 @pytest.fixture(autouse=True)
@@ -16,8 +14,3 @@ def _single_process_environment(monkeypatch):
     for key in list(os.environ):
         if key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") or key.startswith("SLURM_"):
             monkeypatch.delenv(key)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return make_tiny_data(tmp_path_factory.mktemp("synth") / "data")
