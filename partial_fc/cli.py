@@ -54,5 +54,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def entry() -> None:
+    """The ``partial-fc`` console script and ``python -m partial_fc.cli``: ``main()``, then the end
+    of the process.
+
+    A rank of a torch.distributed job (its process group destroyed by now, its output and files
+    written and closed) ends with ``os._exit`` once stdout and stderr are flushed, skipping the
+    interpreter's teardown. There, objects that still hold a C++ process group (a DDP reducer,
+    a collectives handle) are destroyed while gloo's threads may still be alive, and about one
+    run in some hundreds aborted a rank after a complete run ("terminate called without an
+    active exception", SIGABRT, torch 2.13 on gloo): torchrun and SLURM then report a finished
+    job as failed, and a preempted one (exit code 75) as crashed instead of asking for a resume.
+    """
+    try:
+        code = main()
+    except SystemExit as stop:  # a preempted run's 75, argparse's 2
+        if not isinstance(stop.code, int):
+            raise
+        code = stop.code
+    group = sys.modules.get("partial_fc.comm.process_group")  # imported only by commands that use torch
+    if group is not None and group.was_distributed():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -221,6 +221,8 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None)
         if info.local_rank >= torch.cuda.device_count():
             raise ValueError(f"local rank {info.local_rank} but only {torch.cuda.device_count()} CUDA devices visible")
         torch.cuda.set_device(info.local_rank)
+    global _EVER_INITIALISED
+    _EVER_INITIALISED = True
     if not dist.is_initialized():
         dist.init_process_group(backend, init_method=f"tcp://{_host(info.master_addr)}:{info.master_port}",
                                 rank=info.rank, world_size=info.world_size,
@@ -229,6 +231,15 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None)
         raise ValueError(f"a process group is already initialised as rank {dist.get_rank()} of "
                          f"{dist.get_world_size()}, but the environment says {info.rank} of {info.world_size}")
     return DistInfo(**{**info.__dict__, "backend": dist.get_backend()})
+
+
+_EVER_INITIALISED = False
+
+
+def was_distributed() -> bool:
+    """Whether this process has been a rank of a process group (``init_distributed``), even if
+    the group is destroyed by now."""
+    return _EVER_INITIALISED or (dist.is_available() and dist.is_initialized())
 
 
 def _host(addr: str | None) -> str:
