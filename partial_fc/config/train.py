@@ -22,6 +22,7 @@ from partial_fc.engine.stages import check_zero_stage
 from partial_fc.head.checks import check_sample_rate
 from partial_fc.head.class_weights import check_state_dtype
 from partial_fc.optim.head_optimizer import check_optim_state
+from partial_fc.optim.row_sparse_base import ROUNDINGS
 from partial_fc.util.signals import check_signal_names
 
 
@@ -74,12 +75,14 @@ class HeadConfig:
     check_finite: bool = True
     state_dtype: str = "fp32"  # storage of the class centers: fp32 | bf16 | fp16 (arithmetic stays fp32)
     optim_state: str = "fp32"  # storage of their optimizer state: fp32 | bf16 | int8
+    rounding: str = "stochastic"  # how narrower stores round: stochastic | nearest (an ablation: loses small updates)
 
     def __post_init__(self) -> None:
         coerce_fields(self)
         _finite(self)
         check_as("state_dtype", check_state_dtype, self.state_dtype)
         check_as("optim_state", check_optim_state, self.optim_state)
+        _need(self.rounding in ROUNDINGS, "rounding", f"must be one of {list(ROUNDINGS)}, got {self.rounding!r}")
         choices = margins.names()
         _need(self.margin in choices, "margin", f"must be one of {choices}, got {self.margin!r}{did_you_mean(self.margin, choices)}")
         check_as("sample_rate", check_sample_rate, self.sample_rate)

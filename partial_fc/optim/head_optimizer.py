@@ -50,13 +50,15 @@ class HeadOptimizer:
 
     ``optim_state`` (fp32, bf16, int8) is the storage of the sharded parameters' state; ``seed``
     and ``row_offset`` (the global row id of this shard's first row) key its stochastic
-    rounding, so the rounding does not depend on the world size.
+    rounding, so the rounding does not depend on the world size. ``rounding`` "nearest" turns
+    stochastic rounding off (an ablation: ``row_sparse_base.ROUNDINGS``).
     """
 
     def __init__(self, *, sharded: Sequence[nn.Parameter], dense: Sequence[nn.Parameter] = (), name: str, lr: float,
                  comm: Collectives, momentum: float = 0.0, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, max_grad_norm: float | None = None,
-                 loss_scaling: bool = False, optim_state: str = "fp32", seed: int = 0, row_offset: int = 0) -> None:
+                 loss_scaling: bool = False, optim_state: str = "fp32", seed: int = 0, row_offset: int = 0,
+                 rounding: str = "stochastic") -> None:
         check_optim_state(optim_state)
         if name not in NAMES:
             raise ValueError(f"unknown head optimizer {name!r}; choose from {list(NAMES)}")
@@ -67,9 +69,9 @@ class HeadOptimizer:
         if sharded:
             self._optimizers.append(
                 RowSparseSGD(sharded, lr=lr, momentum=momentum, weight_decay=weight_decay, state_dtype=optim_state,
-                             seed=seed, row_offset=row_offset) if name == "sgd"
+                             seed=seed, row_offset=row_offset, rounding=rounding) if name == "sgd"
                 else RowSparseAdamW(sharded, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                    state_dtype=optim_state, seed=seed, row_offset=row_offset))
+                                    state_dtype=optim_state, seed=seed, row_offset=row_offset, rounding=rounding))
         if dense:
             self._optimizers.append(
                 torch.optim.SGD(dense, lr=lr, momentum=momentum, weight_decay=0.0) if name == "sgd"

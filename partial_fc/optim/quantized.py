@@ -94,9 +94,13 @@ def read_rows(t: torch.Tensor, idx: torch.Tensor | None, lo: int, hi: int, out: 
 def write_rows(t: torch.Tensor, idx: torch.Tensor | None, lo: int, hi: int, value: torch.Tensor,
                noise: torch.Tensor | None, *, clobber: bool, scratch: Scratch, slot: str) -> None:
     """Store fp32 ``value`` into the rows of ``t``: exactly when ``t`` is as wide, else rounded
-    stochastically with ``noise``. ``clobber`` lets the rounding reuse ``value``'s memory."""
+    stochastically with ``noise`` (None: to nearest, ties to even). ``clobber`` lets the
+    rounding reuse ``value``'s memory."""
     if t.dtype == value.dtype:
         _put(t, idx, lo, hi, value)
+    elif noise is None:
+        narrow = scratch.buffer(slot + "_nearest", tuple(value.shape), t.dtype, value.device).copy_(value)
+        _put(t, idx, lo, hi, narrow)
     elif t.dtype == torch.bfloat16:
         out = value.view(torch.int32) if clobber else scratch.buffer(slot, tuple(value.shape), torch.int32, value.device)
         high = round_bf16_bits(value, noise, out)
@@ -171,8 +175,12 @@ class SignedInt8State(StateFormat):
         # s a hair above absmax / 127 keeps |x / s| < 127 despite fp32 rounding, so no clamp is needed
         scale = absmax.clamp_min_(_TINY).mul_((1 + 2.0 ** -20) / 127.0)
         # round(x / s + u), u = noise / 2^32 uniform on [-1/2, 1/2): x / s rounded up with probability frac(x / s)
-        y = scratch.get("state_y", value).copy_(noise).mul_(2.0 ** -32)
-        torch.addcdiv(y, value, scale[:, None], out=y).round_()
+        y = scratch.get("state_y", value)
+        if noise is None:  # round to nearest (even)
+            torch.div(value, scale[:, None], out=y).round_()
+        else:
+            y.copy_(noise).mul_(2.0 ** -32)
+            torch.addcdiv(y, value, scale[:, None], out=y).round_()
         q = scratch.buffer("state_q", tuple(value.shape), torch.int8, value.device).copy_(y)
         _put(state[name + "_int8"], idx, lo, hi, q)
         _put(state[name + "_scale"], idx, lo, hi, scale)
@@ -203,7 +211,9 @@ class NonNegativeCodeState(StateFormat):
         bits = y.view(torch.int32)
         # + u, u = top 20 noise bits, uniform on [0, 2^20): carries into the code with probability
         # (dropped bits) / 2^20, exactly as ``round_bf16_bits`` does with 16
-        bits.add_(noise.bitwise_right_shift_(32 - _CODE_DROP)).add_(1 << (_CODE_DROP - 1))
+        if noise is not None:  # None: round to nearest (ties up)
+            bits.add_(noise.bitwise_right_shift_(32 - _CODE_DROP))
+        bits.add_(1 << (_CODE_DROP - 1))
         code = scratch.buffer("state_q", tuple(value.shape), torch.uint8, value.device).copy_(bits.bitwise_right_shift_(_CODE_DROP))
         _put(state[name + "_code"], idx, lo, hi, code)
         _put(state[name + "_scale"], idx, lo, hi, scale)

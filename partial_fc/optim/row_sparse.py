@@ -53,14 +53,15 @@ class RowSparseSGD(RowSparseOptimizer):
 
     def __init__(self, params: Iterable[torch.Tensor], *, lr: float, momentum: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, block_rows: int = 4096,
-                 state_dtype: str = "fp32", seed: int = 0, row_offset: int = 0) -> None:
+                 state_dtype: str = "fp32", seed: int = 0, row_offset: int = 0, rounding: str = "stochastic") -> None:
         check_range("lr", lr, 0.0)
         check_range("momentum", momentum, 0.0, 1.0)
         check_range("weight_decay", weight_decay, 0.0)
         if nesterov and momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov),
-                         block_rows=block_rows, state_dtype=state_dtype, seed=seed, row_offset=row_offset)
+                         block_rows=block_rows, state_dtype=state_dtype, seed=seed, row_offset=row_offset,
+                         rounding=rounding)
 
     def _expected(self, p):
         return super()._expected(p) if self._uses_momentum(p) else {}
@@ -104,14 +105,15 @@ class RowSparseAdamW(RowSparseOptimizer):
 
     def __init__(self, params: Iterable[torch.Tensor], *, lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.01, block_rows: int = 4096,
-                 state_dtype: str = "fp32", seed: int = 0, row_offset: int = 0) -> None:
+                 state_dtype: str = "fp32", seed: int = 0, row_offset: int = 0, rounding: str = "stochastic") -> None:
         check_range("lr", lr, 0.0)
         check_range("betas[0]", betas[0], 0.0, 1.0)
         check_range("betas[1]", betas[1], 0.0, 1.0)
         check_range("eps", eps, 0.0)
         check_range("weight_decay", weight_decay, 0.0)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay),
-                         block_rows=block_rows, state_dtype=state_dtype, seed=seed, row_offset=row_offset)
+                         block_rows=block_rows, state_dtype=state_dtype, seed=seed, row_offset=row_offset,
+                         rounding=rounding)
 
     def _create_state(self, p):
         return dict(super()._create_state(p), row_steps=torch.zeros(p.shape[0], dtype=work_dtype(p), device=p.device))

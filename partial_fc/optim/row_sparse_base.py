@@ -15,6 +15,10 @@ from partial_fc.optim.stochastic_round import BlockNoise, column_salt, row_keys,
 
 
 _CONVERSION_STEP = -1  # the noise of a format conversion: a step count no training step has
+#: how narrower stores round: "stochastic" (unbiased; the default) or "nearest" (no noise: each
+#: format rounds to nearest, ties to even, as torch's own casts do; the 8-bit v code's rare ties
+#: go up); "nearest" exists to measure what stochastic rounding buys (the lost sub-half-ulp updates)
+ROUNDINGS = ("stochastic", "nearest")
 
 
 def sampled_rows(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -52,15 +56,18 @@ class RowSparseOptimizer(torch.optim.Optimizer):
     _states: tuple[tuple[str, bool], ...] = ()  # (name, signed) of each state tensor
 
     def __init__(self, params: Iterable[torch.Tensor], defaults: dict, *, block_rows: int, state_dtype: str,
-                 seed: int, row_offset: int) -> None:
+                 seed: int, row_offset: int, rounding: str = "stochastic") -> None:
         if state_dtype not in STATE_DTYPES:
             raise ValueError(f"state_dtype must be one of {list(STATE_DTYPES)}, got {state_dtype!r}")
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {list(ROUNDINGS)}, got {rounding!r}")
         if not (isinstance(block_rows, int) and block_rows >= 1):
             raise ValueError(f"block_rows must be an integer >= 1, got {block_rows!r}")
         if not (isinstance(row_offset, int) and row_offset >= 0):
             raise ValueError(f"row_offset must be an integer >= 0, got {row_offset!r}")
         super().__init__(params, dict(defaults, noise_step=0))
         self.block_rows, self.state_dtype, self.seed, self.row_offset = block_rows, state_dtype, int(seed), row_offset
+        self.rounding = rounding
         self._formats = {name: state_format(state_dtype, signed=signed) for name, signed in self._states}
         self._scratch = Scratch()
         self._salts: dict[tuple[int, torch.device], torch.Tensor] = {}
@@ -108,7 +115,7 @@ class RowSparseOptimizer(torch.optim.Optimizer):
 
     def _noise(self, key: int, idx: torch.Tensor | None, lo: int, hi: int, p: torch.Tensor, streams: int):
         """The noise of the block's global rows, or None when nothing rounds."""
-        if streams == 0:
+        if streams == 0 or self.rounding == "nearest":
             return None
         local = torch.arange(lo, hi, device=p.device) if idx is None else idx
         salt = self._salts.get((p.shape[1], p.device))

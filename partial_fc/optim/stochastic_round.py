@@ -100,3 +100,4 @@ class BlockNoise:
         if index is None:
             return None
         return element_noise(self.keys[:, index], self.salt, self.buffer)
+

@@ -54,7 +54,7 @@ def build_head_optimizer(cfg: TrainConfig, criterion: torch.nn.Module, *, lr: fl
     return HeadOptimizer(sharded=sharded, dense=dense, name=cfg.optim.name, lr=lr, comm=comm,
                          momentum=cfg.optim.momentum, weight_decay=decay, betas=cfg.optim.betas, eps=cfg.optim.eps,
                          max_grad_norm=cfg.optim.head_clip_grad_norm, loss_scaling=cfg.train.precision == "fp16",
-                         optim_state=cfg.head.optim_state, **_rounding_key(head))
+                         optim_state=cfg.head.optim_state, rounding=cfg.head.rounding, **_rounding_key(head))
 
 
 def _rounding_key(head: ShardedClassWeights | None) -> dict[str, int]:

@@ -234,7 +234,7 @@ def test_persistent_bytes_per_class_with_bf16_weights_and_int8_momentum():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(state_dtype="fp8"), "state_dtype must be one of"), (dict(row_offset=-1), "row_offset must be"),
-    (dict(block_rows=0), "block_rows must be")])
+    (dict(block_rows=0), "block_rows must be"), (dict(rounding="up"), "rounding must be one of")])
 def test_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RowSparseSGD([torch.nn.Parameter(torch.zeros(2, 2))], lr=0.1, **kwargs)

@@ -138,3 +138,41 @@ def test_bf16_round_to_nearest_loses_small_updates_stochastic_rounding_keeps_the
     bound = 5 * 2.0 ** -8 * (steps / p.numel()) ** 0.5
     assert abs(p.detach().double().mean().item() - exact) < bound
     assert p.detach().double().std().item() < 4 * 2.0 ** -8 * steps ** 0.5  # no element runs away
+
+
+def test_rounding_nearest_is_round_to_nearest_and_loses_the_small_updates():
+    """The ablation switch: the same optimizer with rounding="nearest" stores what torch's own
+    bf16 conversion stores (round-to-nearest; ties here are impossible: x = 1 + 2^-11 is 1/16
+    ulp from 1), so the 1/16-ulp updates of the test above are all lost."""
+    rows, dim, steps, update = 16, 32, 64, 2.0 ** -11
+    p = torch.nn.Parameter(torch.ones(rows, dim, dtype=torch.bfloat16))
+    opt = RowSparseSGD([p], lr=1.0, rounding="nearest")
+    for _ in range(steps):
+        p.grad = torch.full((rows, dim), -update, dtype=torch.bfloat16)
+        opt.step()
+    assert torch.equal(p.detach(), torch.ones_like(p))
+    # away from the 1/16-ulp case: every stored value equals torch's round-to-nearest of the fp32 result
+    w0 = torch.randn(rows, dim)
+    p = torch.nn.Parameter(w0.to(torch.bfloat16))
+    g = torch.randn(rows, dim).to(torch.bfloat16)
+    opt = RowSparseSGD([p], lr=0.01, rounding="nearest")
+    p.grad = g.clone()
+    opt.step()
+    expected = (w0.to(torch.bfloat16).float() - 0.01 * g.float()).to(torch.bfloat16)
+    assert torch.equal(p.detach(), expected)
+
+
+def test_rounding_nearest_int8_momentum_is_the_nearest_code():
+    """int8 momentum under rounding="nearest": q = round(m / s) exactly (no noise), so the
+    round-trip error is below half a step of the row's scale, not one step."""
+    rows, dim = 8, 64
+    p = torch.nn.Parameter(torch.zeros(rows, dim))
+    opt = RowSparseSGD([p], lr=0.1, momentum=0.9, state_dtype="int8", rounding="nearest")
+    g = torch.randn(rows, dim)
+    p.grad = g.clone()
+    opt.step()
+    state = opt.state[p]
+    scale = state["momentum_buffer_scale"]
+    decoded = state["momentum_buffer_int8"].float() * scale[:, None]
+    assert torch.equal(state["momentum_buffer_int8"].float(), torch.round(g / scale[:, None]))
+    assert bool(((decoded - g).abs() <= scale[:, None] / 2 + 1e-7).all())
