@@ -13,6 +13,7 @@ from torch import nn
 
 from partial_fc.comm import gather_with_grad, make_collectives
 from partial_fc.head.checks import check_batch, check_global
+from partial_fc.head.offload import RowTable, check_offload
 from partial_fc.head.ranges import class_range
 from partial_fc.head.row_init import BLOCK_ROWS, init_class_rows
 from partial_fc.head.storage import WEIGHT_STORAGE
@@ -37,6 +38,11 @@ class ShardedClassWeights(nn.Module):
     step is fp32 either way), ``backbone_grad_average`` and ``comm`` (the collectives of ``group``; None:
     the default group when one is initialised, else a single process).
 
+    ``offload`` host or mmap (``head.offload``): ``weight`` and its optimizer state live in a
+    ``RowTable`` off the compute device ``device`` (``weight.row_table``; ``weight`` is then a
+    CPU tensor), and a step computes on its sampled rows brought to ``device`` (see
+    ``head.offload``); ``offload_dir`` holds mmap's files.
+
     The extra state {num_classes, class_range, seed} (plus a subclass's ``_own_extra_state``)
     makes a load of another shard an error that names both ranges.
     """
@@ -48,9 +54,11 @@ class ShardedClassWeights(nn.Module):
     def __init__(self, num_classes: int, embedding_dim: int, *, rows_per_class: int = 1, group: Any = None,
                  seed: int = 0, chunk_size: int = DEFAULT_CHUNK_SIZE, init_std: float = 0.01,
                  backbone_grad_average: bool = True, state_dtype: str = "fp32",
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, offload: str = "none",
+                 offload_dir: str | None = None) -> None:
         super().__init__()
         check_state_dtype(state_dtype)
+        check_offload(offload)
         if not (isinstance(num_classes, int) and num_classes >= 1):
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
         if not (isinstance(embedding_dim, int) and embedding_dim >= 1):
@@ -66,19 +74,30 @@ class ShardedClassWeights(nn.Module):
         self.backbone_grad_average, self.state_dtype = backbone_grad_average, state_dtype
         self.class_range = class_range(num_classes, self.comm.world_size, self.comm.rank)
         start, stop = self.class_range
-        self.weight = nn.Parameter(self._stored_rows(start * rows_per_class, stop * rows_per_class, init_std, device))
+        self.offload = offload
+        self.compute_device = torch.device(device) if device is not None else torch.device("cpu")
+        table = None
+        if offload != "none":
+            table = RowTable(offload, device=self.compute_device, directory=offload_dir,
+                             label=f"rank {self.comm.rank}")
+        self.weight = nn.Parameter(self._stored_rows(start * rows_per_class, stop * rows_per_class, init_std,
+                                                     device, table))
+        if table is not None:
+            self.weight.row_table = table  # the optimizer allocates the rows' state there too
 
-    def _stored_rows(self, lo: int, hi: int, init_std: float, device: torch.device | str | None) -> torch.Tensor:
+    def _stored_rows(self, lo: int, hi: int, init_std: float, device: torch.device | str | None,
+                     table: RowTable | None = None) -> torch.Tensor:
         """Rows [lo, hi) in the storage dtype, one init block at a time: a narrow shard never
         exists in fp32 as a whole. Each block is drawn and started in fp32 and rounded to
         nearest once (the initial values carry no accumulated updates that stochastic rounding
         would protect); an fp32 shard holds exactly the values of one fp32 draw."""
-        out = torch.empty(hi - lo, self.embedding_dim, dtype=WEIGHT_STORAGE[self.state_dtype], device=device)
+        shape, dtype = (hi - lo, self.embedding_dim), WEIGHT_STORAGE[self.state_dtype]
+        out = torch.empty(shape, dtype=dtype, device=device) if table is None else table.empty(shape, dtype)
         cut = lo
         while cut < hi:
             end = min(hi, (cut // BLOCK_ROWS + 1) * BLOCK_ROWS)  # the init blocks' own boundaries
             block = init_class_rows(self.seed, cut, end, self.embedding_dim, std=init_std, device=device)
-            out[cut - lo:end - lo] = self._initial_rows(block)
+            out[cut - lo:end - lo] = self._initial_rows(block).to(out.device)
             cut = end
         return out
 
@@ -92,8 +111,9 @@ class ShardedClassWeights(nn.Module):
         labels in [0, C) and (``check_finite``) finite embeddings on every rank (one all-reduce
         of 5 integers and one host sync), so every rank raises the same error."""
         check_batch(embeddings, labels, embedding_dim=self.embedding_dim)
-        if embeddings.device != self.weight.device:
-            raise ValueError(f"embeddings are on {embeddings.device} but the shard of {self.row_noun} is on {self.weight.device}")
+        home = self.weight.device if self.offload == "none" else self.compute_device
+        if embeddings.device != home:
+            raise ValueError(f"embeddings are on {embeddings.device} but the shard of {self.row_noun} is on {home}")
         if across_ranks:
             check_global(embeddings, labels, self.comm, num_classes=self.num_classes, check_finite=check_finite)
 

@@ -39,6 +39,11 @@ class PartialFC(ShardedClassWeights):
         check_inputs: verify labels in [0, C) and equal local batch sizes on every rank
             (one all-reduce of 5 integers and one host sync per step).
         check_finite: also reject non-finite embeddings (part of the same check).
+        state_dtype: storage of the class rows (fp32, bf16, fp16).
+        offload: none, host or mmap (see ``head.offload``): where the table of class rows and
+            their optimizer state lives; ``offload_dir`` holds mmap's files. An offloaded head
+            stages its sampled rows on ``device`` each step (``prefetch`` may start that early),
+            and the row-sparse optimizer updates and writes back exactly those rows.
 
     forward(embeddings (b, D) float, labels (b,) int) -> the mean loss over the global batch
     of world_size x b samples (plus the margin's regulariser, if any), the same value on every
@@ -57,7 +62,8 @@ class PartialFC(ShardedClassWeights):
         self, num_classes: int, embedding_dim: int, *, margin: Margin | str, sample_rate: float = 1.0,
         group: Any = None, seed: int = 0, chunk_size: int = DEFAULT_CHUNK_SIZE, init_std: float = 0.01,
         backbone_grad_average: bool = True, check_inputs: bool = True, check_finite: bool = True,
-        state_dtype: str = "fp32", device: torch.device | str | None = None,
+        state_dtype: str = "fp32", device: torch.device | str | None = None, offload: str = "none",
+        offload_dir: str | None = None,
     ) -> None:
         check_sample_rate(sample_rate)
         margin = margin_registry.build(margin) if isinstance(margin, str) else margin
@@ -68,7 +74,7 @@ class PartialFC(ShardedClassWeights):
             raise ValueError(f"margin.subcenters must be an integer >= 1, got {k!r}")
         super().__init__(num_classes, embedding_dim, rows_per_class=k, group=group, seed=seed,
                          chunk_size=chunk_size, init_std=init_std, backbone_grad_average=backbone_grad_average,
-                         state_dtype=state_dtype, device=device)
+                         state_dtype=state_dtype, device=device, offload=offload, offload_dir=offload_dir)
         self.margin = margin.to(device) if device is not None else margin
         self.sample_rate = float(sample_rate)
         self.check_inputs, self.check_finite = check_inputs, check_finite
@@ -84,9 +90,14 @@ class PartialFC(ShardedClassWeights):
             start, stop = self.class_range
             rate = self.sample_rate if self.training else 1.0
             sampled = sample_classes(y, start=start, stop=stop, seed=self.seed, step=self.step, sample_rate=rate)
+            weight, rows = self.weight, None if rate >= 1.0 else sampled.rows
+            if self.offload != "none":  # this step's rows on the device; the shard's ids are only the table's
+                weight = self.weight.row_table.take(self.weight, self._row_ids(sampled.rows),
+                                                    self._stage_key(y)).rows
+                rows = None
             loss = sharded_margin_ce(
-                x, self.margin.scale_features(x), self.weight,
-                rows=None if rate >= 1.0 else sampled.rows, target_pos=sampled.target_pos,
+                x, self.margin.scale_features(x), weight,
+                rows=rows, target_pos=sampled.target_pos,
                 margin=self.margin, step=self.step, comm=comm, chunk_size=self.chunk_size,
                 workspace=self.workspace, training=self.training,
             )
@@ -95,6 +106,27 @@ class PartialFC(ShardedClassWeights):
         if self.training:
             self.step += 1
         return loss
+
+    def prefetch(self, labels: torch.Tensor) -> None:
+        """Offloaded tables: start bringing the rows that the next ``forward`` with these local
+        ``labels`` will sample to the device (one all-gather of the labels now; ``forward``
+        waits for the rows). Call it before the backbone's forward, on every rank; a no-op for
+        a table in device memory or outside training."""
+        if self.offload == "none" or not self.training:
+            return
+        start, stop = self.class_range
+        y = self.comm.all_gather(labels.to(device=self.compute_device, dtype=torch.int64))
+        sampled = sample_classes(y, start=start, stop=stop, seed=self.seed, step=self.step, sample_rate=self.sample_rate)
+        self.weight.row_table.prefetch(self.weight, self._row_ids(sampled.rows), self._stage_key(y))
+
+    def _row_ids(self, classes: torch.Tensor) -> torch.Tensor:
+        """Local row ids of the sampled local classes (K per class with sub-centers)."""
+        k = self.margin.subcenters
+        return classes if k == 1 else (classes[:, None] * k + torch.arange(k, device=classes.device)).flatten()
+
+    def _stage_key(self, y: torch.Tensor) -> tuple:
+        """What a step's staged rows depend on: the step, the mode and the global labels."""
+        return (self.step, self.training, y.cpu().numpy().tobytes())
 
     def _own_rows_with_grad(self, x: torch.Tensor, b: int) -> torch.Tensor:
         """x with gradient only through this rank's rows: a term every rank computes on the global

@@ -29,7 +29,7 @@ from torch import nn
 from partial_fc.comm import Collectives
 from partial_fc.optim.quantized import STATE_DTYPES
 from partial_fc.optim.row_sparse import RowSparseAdamW, RowSparseSGD, sampled_rows
-from partial_fc.optim.row_sparse_base import RowSparseOptimizer
+from partial_fc.optim.row_sparse_base import RowSparseOptimizer, gradient
 
 NAMES = ("sgd", "adamw")
 
@@ -102,10 +102,19 @@ class HeadOptimizer:
     def zero_grad(self) -> None:
         for opt in self._optimizers:
             opt.zero_grad(set_to_none=True)
+        for p in self._sharded:  # an offloaded table's staged rows are written back by now
+            if hasattr(p, "row_table"):
+                p.row_table.release()
 
     def _grads(self, params: Sequence[nn.Parameter]) -> list[torch.Tensor]:
-        """The gradient values (a sparse gradient's sampled rows), as views to change in place."""
-        return [sampled_rows(p.grad)[1] for p in params if p.grad is not None]
+        """The gradient values (a sparse gradient's sampled rows; an offloaded table's staged
+        rows'), as views to change in place."""
+        return [sampled_rows(g)[1] for g in map(gradient, params) if g is not None]
+
+    def _device(self) -> torch.device:
+        """Where the sharded parameters compute (an offloaded table's compute device)."""
+        p = self._sharded[0]
+        return p.row_table.device if hasattr(p, "row_table") else p.device
 
     def _unscale_and_check(self, loss_scale: float) -> bool:
         """The engine's ``backward`` multiplied the loss by ``loss_scale``; divide it out here. The
@@ -118,7 +127,7 @@ class HeadOptimizer:
         flags = [(~torch.isfinite(g)).any() for g in grads]
         if not self._sharded:  # replicated gradients agree on every rank without a collective
             return not any(bool(f) for f in flags)
-        device = self._sharded[0].device
+        device = self._device()
         bad = torch.stack(flags).any().float().reshape(1) if flags else torch.zeros(1, device=device)
         return not bool(self.comm.all_reduce_(bad, "max").item())
 
@@ -130,7 +139,7 @@ class HeadOptimizer:
             return
         sq = None
         if self._sharded:  # this rank's squared norm; the all-reduce adds the other shards'
-            device = self._sharded[0].device
+            device = self._device()
             local = torch.stack([_sq(g) for g in sharded]).sum() if sharded else torch.zeros((), device=device)
             sq = self.comm.all_reduce_(local.reshape(1), "sum")
         if dense:

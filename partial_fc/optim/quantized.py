@@ -125,8 +125,10 @@ class StateFormat:
         """The state entries of this state: shape and dtype of each."""
         raise NotImplementedError
 
-    def create(self, name: str, p: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {key: torch.zeros(shape, dtype=dtype, device=p.device) for key, (shape, dtype) in self.keys(name, p).items()}
+    def create(self, name: str, p: torch.Tensor, *, zeros=None) -> dict[str, torch.Tensor]:
+        """Zero state; ``zeros(shape, dtype)`` allocates it elsewhere (an offloaded table)."""
+        zeros = zeros or (lambda shape, dtype: torch.zeros(shape, dtype=dtype, device=p.device))
+        return {key: zeros(shape, dtype) for key, (shape, dtype) in self.keys(name, p).items()}
 
     def read(self, state: dict, name: str, idx, lo: int, hi: int, out: torch.Tensor, scratch: Scratch) -> torch.Tensor:
         raise NotImplementedError
@@ -146,8 +148,6 @@ class PlainState(StateFormat):
     def keys(self, name, p):
         return {name: (tuple(p.shape), self.dtype or work_dtype(p))}
 
-    def create(self, name, p):
-        return {name: torch.zeros_like(p, dtype=self.dtype or work_dtype(p), memory_format=torch.preserve_format)}
 
     def read(self, state, name, idx, lo, hi, out, scratch):
         return read_rows(state[name], idx, lo, hi, out, scratch, "state_in")

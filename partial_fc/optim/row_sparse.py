@@ -67,6 +67,7 @@ class RowSparseSGD(RowSparseOptimizer):
         return super()._expected(p) if self._uses_momentum(p) else {}
 
     def _uses_momentum(self, p: torch.Tensor) -> bool:
+        p = self._owner.get(p, p)  # staged rows of an offloaded table: its parameter's group
         return any(group["momentum"] for group in self.param_groups if any(q is p for q in group["params"]))
 
     def _update(self, p, group, rows, grads, key):
@@ -116,7 +117,10 @@ class RowSparseAdamW(RowSparseOptimizer):
                          rounding=rounding)
 
     def _create_state(self, p):
-        return dict(super()._create_state(p), row_steps=torch.zeros(p.shape[0], dtype=work_dtype(p), device=p.device))
+        table = getattr(p, "row_table", None)
+        steps = torch.zeros(p.shape[0], dtype=work_dtype(p), device=p.device) if table is None else \
+            table.zeros((p.shape[0],), work_dtype(p))
+        return dict(super()._create_state(p), row_steps=steps)
 
     def _expected(self, p):
         # per-row update counts in the block's work dtype, as torch's AdamW keeps its step in the

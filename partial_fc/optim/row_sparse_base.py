@@ -68,6 +68,9 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         super().__init__(params, dict(defaults, noise_step=0))
         self.block_rows, self.state_dtype, self.seed, self.row_offset = block_rows, state_dtype, int(seed), row_offset
         self.rounding = rounding
+        # offloaded parameters during their step: the staged rows' parameter, and their ids in it
+        self._owner: dict[torch.Tensor, torch.Tensor] = {}
+        self._ids: dict[torch.Tensor, torch.Tensor] = {}
         self._formats = {name: state_format(state_dtype, signed=signed) for name, signed in self._states}
         self._scratch = Scratch()
         self._salts: dict[tuple[int, torch.device], torch.Tensor] = {}
@@ -94,11 +97,33 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             key = step_key(self.seed, group["noise_step"])
             for p in group["params"]:
-                if p.grad is not None:
+                staged = staged_rows(p)
+                if staged is not None:
+                    self._update_staged(p, group, staged, key)
+                elif p.grad is not None:
                     rows, grads = sampled_rows(p.grad)
                     self._update(p, group, rows, grads, key)
             group["noise_step"] += 1
         return loss
+
+    def _update_staged(self, p: torch.Tensor, group: dict, staged, key: int) -> None:
+        """An offloaded ``p`` (``head.offload``): its step's rows are on the device as the leaf
+        ``staged.rows``; bring their state there too, update them like any rows (the noise keyed
+        by their ids in the shard), and write rows and state back into the table."""
+        table, w, ids = p.row_table, staged.rows, staged.ids_host
+        state = self._state(p) if self._expected(p) else {}
+        rows_state = {k: table.fetch(v, ids) if torch.is_tensor(v) and v.dim() and v.shape[0] == p.shape[0] else v
+                      for k, v in state.items()}
+        self.state[w], self._owner[w], self._ids[w] = rows_state, p, staged.ids
+        try:
+            rows, grads = sampled_rows(w.grad)
+            self._update(w, group, rows, grads, key)
+            table.write_back(p.data, ids, w)
+            for k, v in rows_state.items():
+                if torch.is_tensor(v) and v is not state[k]:
+                    table.write_back(state[k], ids, v)
+        finally:
+            del self.state[w], self._owner[w], self._ids[w]
 
     def _blocks(self, rows: torch.Tensor | None, grads: torch.Tensor):
         """(lo, hi, row indices of the block or None) over the gradient rows."""
@@ -118,6 +143,8 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         if streams == 0 or self.rounding == "nearest":
             return None
         local = torch.arange(lo, hi, device=p.device) if idx is None else idx
+        if p in self._ids:  # staged rows of an offloaded table: their ids in the shard
+            local = self._ids[p][local]
         salt = self._salts.get((p.shape[1], p.device))
         if salt is None:
             salt = self._salts[(p.shape[1], p.device)] = column_salt(p.shape[1], p.device)
@@ -139,8 +166,10 @@ class RowSparseOptimizer(torch.optim.Optimizer):
 
     def _create_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         state = {}
+        table = getattr(p, "row_table", None)
+        zeros = None if table is None else table.zeros  # an offloaded table holds its state too
         for name, fmt in self._formats.items():
-            state.update(fmt.create(name, p))
+            state.update(fmt.create(name, p, zeros=zeros))
         return state
 
     def _expected(self, p: torch.Tensor) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -162,7 +191,8 @@ class RowSparseOptimizer(torch.optim.Optimizer):
             expected = self._expected(p)
             entries = {k: v.to(device=p.device) if torch.is_tensor(v) else v for k, v in saved.items()}
             if self._in_format(entries, expected):
-                self.state[p] = {k: v.to(dtype=expected[k][1]) if k in expected else v for k, v in entries.items()}
+                self.state[p] = _homed(p, {k: v.to(dtype=expected[k][1]) if k in expected else v
+                                           for k, v in entries.items()})
             elif expected:
                 self.state[p] = self._converted(p, entries, f"parameter {index}")
 
@@ -181,6 +211,8 @@ class RowSparseOptimizer(torch.optim.Optimizer):
             state.update(self._create_state(p))
         elif not all(k in state and state[k].dtype == dtype for k, (_, dtype) in expected.items()):
             state = self.state[p] = self._converted(p, state, f"parameter of shape {tuple(p.shape)}")
+        elif hasattr(p, "row_table"):  # a checkpoint loader set it directly: into the table's memory
+            state = self.state[p] = _homed(p, state)
         return state
 
     def _converted(self, p: torch.Tensor, entries: dict, what: str) -> dict:
@@ -211,6 +243,29 @@ class RowSparseOptimizer(torch.optim.Optimizer):
 
     def _update(self, p: torch.Tensor, group: dict, rows: torch.Tensor | None, grads: torch.Tensor, key: int) -> None:
         raise NotImplementedError
+
+
+def staged_rows(p: torch.Tensor):
+    """The step's staged rows of an offloaded parameter when they have a gradient, else None."""
+    table = getattr(p, "row_table", None)
+    staged = None if table is None else table.staged
+    return staged if staged is not None and staged.rows.grad is not None else None
+
+
+def gradient(p: torch.Tensor) -> torch.Tensor | None:
+    """``p``'s gradient: its own, or its staged rows' for an offloaded table."""
+    staged = staged_rows(p)
+    return p.grad if staged is None else staged.rows.grad
+
+
+def _homed(p: torch.Tensor, state: dict) -> dict:
+    """An offloaded parameter's per-row state tensors moved into its table's memory (mmap: the
+    mapped files), others as they are."""
+    table = getattr(p, "row_table", None)
+    if table is None:
+        return state
+    return {k: table.adopt(v) if torch.is_tensor(v) and v.dim() and v.shape[0] == p.shape[0] else v
+            for k, v in state.items()}
 
 
 def get_rows(t: torch.Tensor, idx: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
