@@ -22,6 +22,7 @@ from partial_fc.engine.stages import check_zero_stage
 from partial_fc.head.checks import check_sample_rate
 from partial_fc.head.class_weights import check_state_dtype
 from partial_fc.optim.head_optimizer import check_optim_state
+from partial_fc.head.offload import check_offload
 from partial_fc.optim.row_sparse_base import ROUNDINGS
 from partial_fc.util.signals import check_signal_names
 
@@ -76,6 +77,8 @@ class HeadConfig:
     state_dtype: str = "fp32"  # storage of the class centers: fp32 | bf16 | fp16 (arithmetic stays fp32)
     optim_state: str = "fp32"  # storage of their optimizer state: fp32 | bf16 | int8
     rounding: str = "stochastic"  # how narrower stores round: stochastic | nearest (an ablation: loses small updates)
+    offload: str = "none"  # where the table of class rows + optimizer state lives: none (device) | host | mmap
+    offload_dir: str | None = None  # mmap's (unlinked) files; None: <run_dir>/offload
 
     def __post_init__(self) -> None:
         coerce_fields(self)
@@ -83,6 +86,7 @@ class HeadConfig:
         check_as("state_dtype", check_state_dtype, self.state_dtype)
         check_as("optim_state", check_optim_state, self.optim_state)
         _need(self.rounding in ROUNDINGS, "rounding", f"must be one of {list(ROUNDINGS)}, got {self.rounding!r}")
+        check_as("offload", check_offload, self.offload)
         choices = margins.names()
         _need(self.margin in choices, "margin", f"must be one of {choices}, got {self.margin!r}{did_you_mean(self.margin, choices)}")
         check_as("sample_rate", check_sample_rate, self.sample_rate)
@@ -257,6 +261,13 @@ class TrainConfig:
         _need(self.head.state_dtype == "fp32" or self.loss.name not in AGENT_LOSSES, "head.state_dtype",
               f"is {self.head.state_dtype!r} but loss.name {self.loss.name} keeps its agents in fp32 (only the "
               f"partial_fc head computes narrower rows in fp32); set head.state_dtype fp32")
+        if self.head.offload != "none":
+            _need(self.loss.name == "partial_fc", "head.offload",
+                  f"is {self.head.offload!r} but loss.name {self.loss.name} keeps its rows on the device (only the "
+                  f"partial_fc head stages sampled rows); set head.offload none")
+            _need(self.train.grad_accum == 1, "train.grad_accum",
+                  f"is {self.train.grad_accum} but head.offload {self.head.offload} stages one micro-batch's rows "
+                  f"per optimizer step; set train.grad_accum 1 (or head.offload none)")
         if self.loss.name in PAIR_LOSSES:
             _need(sampler == "identity", "data.sampler",
                   f"is {self.data.sampler!r} but loss.name {self.loss.name} needs several images per identity in a "

@@ -9,6 +9,8 @@ checkpoints save and reshard it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from partial_fc import margins
@@ -27,7 +29,8 @@ def build_criterion(cfg: TrainConfig, *, num_classes: int, device: torch.device)
         return PartialFC(num_classes, dim, margin=margins.build(head.margin, **head.margin_params),
                          sample_rate=head.sample_rate, seed=cfg.seed, chunk_size=head.chunk_size,
                          init_std=head.init_std, check_finite=head.check_finite, state_dtype=head.state_dtype,
-                         device=device)
+                         device=device, offload=head.offload,
+                         offload_dir=head.offload_dir or str(Path(cfg.run_dir) / "offload"))
     margin = {} if cfg.loss.margin is None else {"margin": cfg.loss.margin}
     if name in ("c_contrastive", "c_triplet"):
         cls = CContrastiveLoss if name == "c_contrastive" else CTripletLoss

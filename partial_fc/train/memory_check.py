@@ -27,14 +27,13 @@ def head_plan(cfg: TrainConfig, *, num_classes: int, world_size: int, device: to
     if cfg.loss.name in PAIR_LOSSES:
         return None
     head = cfg.head
-    # offloaded tables are planned before the head config has a key for them
     # the agent losses score every agent; only the partial-FC head samples classes
     partial = cfg.loss.name == "partial_fc"
     subcenters = margins.build(head.margin, **head.margin_params).subcenters if partial else 1
     return plan_memory(classes=num_classes, dim=cfg.model.embedding_dim, world_size=world_size,
                        batch_size=cfg.data.batch_size, sample_rate=head.sample_rate if partial else 1.0,
                        state_dtype=head.state_dtype, optim_state=head.optim_state,
-                       offload=getattr(head, "offload", "none"), optim=cfg.optim.name, momentum=cfg.optim.momentum > 0,
+                       offload=head.offload, optim=cfg.optim.name, momentum=cfg.optim.momentum > 0,
                        subcenters=subcenters, chunk_size=head.chunk_size,
                        device="cuda" if device.type == "cuda" else "cpu")
 

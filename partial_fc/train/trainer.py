@@ -34,6 +34,7 @@ from partial_fc.engine import BackboneEngine, OptimizerSpec, build_engine
 from partial_fc.head.class_weights import ShardedClassWeights
 from partial_fc.optim.head_optimizer import HeadOptimizer
 from partial_fc.optim.schedule import WarmupDecay
+from partial_fc.optim.footprint import bytes_per_row
 from partial_fc.train.criterion import build_criterion, build_head_optimizer
 from partial_fc.train.logger import NullLogger, RunLogger, format_eta
 from partial_fc.train.memory_check import check_head_memory
@@ -128,6 +129,11 @@ class Run:
 
     saved_step: int = -1  # the step of the last checkpoint this run wrote
     preempted: bool = False  # stopped at a preemption signal (after saving)
+
+    @property
+    def offloaded(self) -> bool:
+        """The head's class table lives off the device (``head.offload`` host or mmap)."""
+        return self.head is not None and getattr(self.head, "offload", "none") != "none"
 
     @property
     def last_step(self) -> int:
@@ -228,6 +234,13 @@ def _setup(cfg: TrainConfig, *, resume: str | None) -> Run:
              f"lr {the_plan.lr:g}, {the_plan.total_steps} steps ({the_plan.steps_per_epoch}/epoch)")
     if memory_note:
         log.info(memory_note)
+    if run.offloaded:
+        table, weight = run.head.weight.row_table, run.head.weight
+        size = weight.shape[0] * bytes_per_row(dim=weight.shape[1], optim=cfg.optim.name, weight_dtype=cfg.head.state_dtype,
+                                               state_dtype=cfg.head.optim_state, momentum=cfg.optim.momentum > 0)
+        where = f"mapped files in {table.directory}" if table.mode == "mmap" else "host memory"
+        log.info(f"class table offloaded ({cfg.head.offload}): {size / 1024**3:.2f} GiB of rows and optimizer "
+                 f"state in {where} on rank 0; each step stages its sampled rows on {device}")
     return run
 
 
@@ -265,6 +278,8 @@ def _loop(run: Run) -> float:
         for images, labels in _batches(run.loader, skip):  # resume mid-epoch: the data order is deterministic
             window.data_arrived()
             images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
+            if run.offloaded:  # the step's class rows start towards the device while the backbone runs
+                run.head.prefetch(labels)
             loss = run.criterion(engine.forward(images), labels)
             engine.backward(loss)  # the engine averages over accumulation micro-steps
             window.samples += labels.shape[0] * run.comm.world_size
