@@ -22,6 +22,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
@@ -36,8 +37,9 @@ from partial_fc.util.atomic import write_json_atomic
 
 MiB = 1024 * 1024
 TARGETS = {"step_vs_floor": 1.5, "peak_vs_naive": 0.6, "working_vs_naive": 0.2}
-# What the bench runs today; the planner also models the offloaded table.
-AVAILABLE = {"state_dtype": ("fp32", "bf16", "fp16"), "optim_state": ("fp32", "bf16", "int8"), "offload": ("none",)}
+# What the bench runs (the planner's names)
+AVAILABLE = {"state_dtype": ("fp32", "bf16", "fp16"), "optim_state": ("fp32", "bf16", "int8"),
+             "offload": ("none", "host", "mmap")}
 _FIND_MAX_TRIES = 3
 
 
@@ -56,7 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="storage dtype of the class centers (stochastically rounded updates)")
     parser.add_argument("--optim-state", default="fp32", metavar="{fp32,bf16,int8}",
                         help="storage of their momentum (int8: one fp32 scale per row)")
-    parser.add_argument("--offload", default="none", metavar="{none,host,mmap}", help="where the class table lives")
+    parser.add_argument("--offload", default="none", metavar="{none,host,mmap}",
+                        help="where the class table (rows + momentum) lives: device memory, host memory, mapped files")
+    parser.add_argument("--offload-dir", default=None, metavar="DIR",
+                        help="--offload mmap: where the (unlinked) table files go (default: the temp directory)")
     parser.add_argument("--find-max", metavar="MEMORY", help="find the largest --classes whose peak fits MEMORY per rank "
                         "(e.g. 8GiB; on CUDA the allocator's peak, the context comes on top): the planner "
                         "proposes, a run confirms; implies --no-baseline")
@@ -77,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = {k: getattr(args, k) for k in ("classes", "dim", "batch_size", "sample_rate", "world_size", "chunk_size",
                                          "margin", "steps", "warmup", "state_dtype", "optim_state", "offload")}
     cfg["cuda"] = use_cuda
+    cfg["offload_dir"] = args.offload_dir or tempfile.gettempdir()
     try:
         if args.find_max:
             report = _find_max(cfg, parse_bytes(args.find_max), backend=backend, threads=threads)
@@ -163,7 +169,10 @@ def _bench_rank(rank: int, world_size: int, cfg: dict) -> dict:
     from partial_fc.optim import WEIGHT_STORAGE, RowSparseSGD
 
     device = torch.device("cuda", rank) if cfg["cuda"] else torch.device("cpu")
-    meter = MemoryMeter(device)
+    offload = cfg.get("offload", "none")
+    # a mapped table's pages count in the resident set but are the page cache's to evict: on
+    # CPU the meter then follows the anonymous memory (RssAnon), sampled after each phase
+    meter = MemoryMeter(device, anonymous=offload == "mmap")
     sync = (lambda: torch.cuda.synchronize(device)) if cfg["cuda"] else (lambda: None)
     b, dim, num_classes = cfg["batch_size"], cfg["dim"], cfg["classes"]
     total = cfg["warmup"] + cfg["steps"]
@@ -175,7 +184,14 @@ def _bench_rank(rank: int, world_size: int, cfg: dict) -> dict:
 
     margin = margins.build(cfg["margin"]).to(device)
     sgd = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
-    if cfg["impl"] == "head":
+    if cfg["impl"] == "head" and offload != "none":
+        # the table is created where it lives (host memory or mapped files), init block by block
+        head = PartialFC(num_classes, dim, margin=margin, sample_rate=cfg["sample_rate"], chunk_size=cfg["chunk_size"],
+                         check_finite=False, state_dtype=cfg["state_dtype"], device=device, offload=offload,
+                         offload_dir=os.path.join(cfg["offload_dir"], f"partial-fc-bench-rank{rank}"))
+        k, (start, stop) = margin.subcenters, head.class_range
+        opt = RowSparseSGD([head.weight], **sgd, state_dtype=cfg["optim_state"], seed=head.seed, row_offset=start * k)
+    elif cfg["impl"] == "head":
         # built on the meta device, then given its rows in the storage dtype directly: converting
         # fp32 rows afterwards would hold both copies at once, 1.5x the table at the largest C
         head = PartialFC(num_classes, dim, margin=margin, sample_rate=cfg["sample_rate"], chunk_size=cfg["chunk_size"],
@@ -195,10 +211,17 @@ def _bench_rank(rank: int, world_size: int, cfg: dict) -> dict:
             meter.reset_peak()
         sync()
         t0 = time.perf_counter()
+        if offload != "none":
+            head.prefetch(y)
         loss = head(x, y)
+        meter.sample()
         loss.backward()
+        meter.sample()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if offload != "none":
+            head.weight.row_table.release()  # the staged rows, written back by the step
+        meter.sample()
         sync()
         if i >= cfg["warmup"]:
             times.append(time.perf_counter() - t0)
@@ -218,7 +241,8 @@ def _bench_rank(rank: int, world_size: int, cfg: dict) -> dict:
     sampled = sample_classes(labels, start=start, stop=stop, seed=0, step=total - 1, sample_rate=cfg["sample_rate"]).rows.numel()
     floor = _gemm_floor(labels.numel(), sampled, dim, device, sync, reps=max(3, cfg["steps"]))
     return {"step_s": statistics.median(times), "floor_s": floor, "sampled": sampled, "peak": peak,
-            "weights": weights, "state": state, "rows": rows, "first_loss": float(losses[0])}
+            "weights": weights, "state": state, "rows": rows, "first_loss": float(losses[0]),
+            "table_in_peak": offload == "none" or (offload == "host" and not cfg["cuda"])}
 
 
 def _gemm_floor(batch: int, sampled: int, dim: int, device: torch.device, sync, *, reps: int) -> float:
@@ -244,7 +268,7 @@ def _report(cfg: dict, results: dict, *, backend: str, threads: int) -> dict:
     rows = []
     for impl, per_rank in results.items():
         for rank, r in enumerate(per_rank):
-            working = r["peak"] - r["weights"] - r["state"]
+            working = r["peak"] - (r["weights"] + r["state"] if r.get("table_in_peak", True) else 0)
             rows.append({"impl": impl, "rank": rank, "bytes_per_class": (r["weights"] + r["state"]) / r["rows"],
                          "step_ms": 1e3 * r["step_s"], "floor_ms": 1e3 * r["floor_s"],
                          "step_vs_floor": r["step_s"] / r["floor_s"], "peak_mib": r["peak"] / MiB,
@@ -263,7 +287,10 @@ def _report(cfg: dict, results: dict, *, backend: str, threads: int) -> dict:
         summary["first_loss_abs_diff"] = max(abs(head[k]["first_loss"] - naive[k]["first_loss"]) for k in head)
     device = torch.cuda.get_device_name(0) if cfg["cuda"] else f"cpu ({os.cpu_count()} cores, {threads} thread(s)/rank)"
     return {"config": cfg, "backend": backend, "device": device, "rows": rows, "summary": summary, "targets": TARGETS,
-            "memory": "CUDA allocator peak" if cfg["cuda"] else "resident-set high-water mark (VmHWM) minus RSS before the head"}
+            "memory": "CUDA allocator peak" if cfg["cuda"] else (
+                "anonymous resident memory (RssAnon, the largest after forward, backward and step) minus before the "
+                "head; the mapped table's pages are page cache" if cfg.get("offload") == "mmap"
+                else "resident-set high-water mark (VmHWM) minus RSS before the head")}
 
 
 def _format(report: dict) -> str:

@@ -25,7 +25,10 @@ rows to the leaf's dtype: S x D x 2), the stored-dtype gather buffer of a tile
 (``sharded_ce._compute_tile``'s ``tile_w_stored``, tile rows x D x 2), and the optimizer's
 widening, noise and rounding buffers (``optimizer_block_bytes``). ``offload`` host or mmap
 keeps the table (weights + state) off the device; the device then holds the step's sampled
-rows of both, and the table is counted as host memory (pinned RAM) or disk (a mapped file).
+rows of both (``head.offload``'s staged copy), and the table is counted as host memory (pinned
+RAM; on a CPU device that is the same memory, so it is a term) or disk (mapped files, whose
+pages the page cache holds and evicts: on CPU the bench compares mmap plans with the anonymous
+resident set).
 """
 
 from __future__ import annotations
@@ -137,6 +140,8 @@ def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sam
         terms["optimizer state"] = local * k * row_state
     else:
         terms["staged sampled rows"] = sampled * per_class  # the step's rows of the table, on the device
+        if offload == "host" and device == "cpu":  # the host is the device: the table is in the same memory
+            terms["host table"] = table
     terms["logit tile"] = tile_rows * big_b * f32
     terms["tile rows"] = tile_rows * dim * f32 if sample_rate < 1.0 else 0
     terms["gradient rows"] = sampled * k * (dim * f32 + 8) + (sampled * 8 if sample_rate < 1.0 else 0)

@@ -37,8 +37,7 @@ def test_json_dash_prints_only_json(capsys):
 
 
 @pytest.mark.parametrize("flags, match", [
-    (["--offload", "host"], r"--offload host is not built yet; bench head runs none \(partial-fc plan models host"),
-    (["--offload", "mmap"], "--offload mmap is not built yet; bench head runs none"),
+    (["--offload", "disk"], r"--offload must be one of \['host', 'mmap', 'none'\], got 'disk'"),
     (["--optim-state", "fp16"], r"--optim-state must be one of \['bf16', 'fp32', 'int8'\], got 'fp16'"),
     (["--state-dtype", "fp8"], r"--state-dtype must be one of \['bf16', 'fp16', 'fp32'\], got 'fp8'"),
     (["--device", "tpu"], "--device 'tpu' is not a device"),
@@ -63,6 +62,32 @@ def test_compact_modes_store_what_they_say(weights, state, capsys):
     assert report["config"]["state_dtype"] == weights and report["config"]["optim_state"] == state
     # both ranks compute the same global loss from the same (rounded-once) initial rows
     assert report["rows"][0]["first_loss"] == report["rows"][1]["first_loss"]
+
+
+@pytest.mark.parametrize("offload", ["host", "mmap"])
+def test_offloaded_tables_bench_like_the_in_memory_head(offload, tmp_path, capsys):
+    """The same initial rows and inputs: the same first loss as in device memory; the same bytes
+    per class (the table is the same tensors, elsewhere); mmap's files are gone afterwards."""
+    assert main([*TINY, "--no-baseline", "--state-dtype", "bf16", "--optim-state", "int8", "--json", "-"]) == 0
+    memory = json.loads(capsys.readouterr().out)
+    assert main([*TINY, "--no-baseline", "--state-dtype", "bf16", "--optim-state", "int8", "--offload", offload,
+                 "--offload-dir", str(tmp_path), "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["config"]["offload"] == offload
+    for a, b in zip(memory["rows"], report["rows"]):
+        assert a["first_loss"] == b["first_loss"] and a["bytes_per_class"] == b["bytes_per_class"]
+    if offload == "mmap":
+        assert "RssAnon" in report["memory"]
+        assert all(os.listdir(d) == [] for d in tmp_path.iterdir())  # one (empty) directory per rank
+
+
+def test_an_offload_dir_without_room_is_one_line(tmp_path, capsys):
+    from tests.disk import small_disk
+
+    with small_disk(tmp_path, 64 * 1024) as small:
+        assert main([*TINY, "--no-baseline", "--offload", "mmap", "--offload-dir", str(small)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "offload mmap: cannot reserve" in err and "head.offload_dir" in err, err
 
 
 def test_the_report_names_the_mode(capsys):

@@ -67,6 +67,11 @@ def test_offload_moves_the_table_off_the_device():
         # the device keeps the step's sampled rows of the table: about r of it
         assert off.terms["staged sampled rows"] == pytest.approx(0.1 * getattr(off, attr), rel=0.02)
         assert off.total_bytes < on.total_bytes / 3
+    # on a CPU device the host is the device: a host table stays in the same memory, mmap's does not
+    cpu_host = plan_memory(offload="host", device="cpu", **kw)
+    assert cpu_host.terms["host table"] == cpu_host.host_bytes
+    assert cpu_host.total_bytes > plan_memory(device="cpu", **kw).total_bytes  # plus the staged copy
+    assert "host table" not in plan_memory(offload="mmap", device="cpu", **kw).terms
 
 
 def test_largest_classes_is_the_boundary():
