@@ -38,6 +38,9 @@ def _raise_on_one(rank: int, world_size: int) -> None:
 
 
 def _all_die(rank: int, world_size: int) -> None:
+    # both past the group's set-up first: a rank still connecting when its peer exits raises
+    # "Connection reset by peer" instead of reaching its own death
+    dist.barrier()
     if rank == 0:
         os._exit(3)
     os.kill(os.getpid(), signal.SIGKILL)

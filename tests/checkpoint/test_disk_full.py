@@ -54,7 +54,10 @@ def test_a_full_disk_is_named_on_every_rank(small_disk):
     # settling on the tmpfs then, so it is a few KiB at most, not always exactly 0
     assert "step-2.tmp-" in rank0 and re.search(r"trainer\.pt \(trainer_state\): ([0-9]+ bytes|[0-9.]+ KiB) free on ", rank0), rank0
     assert str(small_disk) in rank0 and "set run_dir to another file system" in rank0
-    assert rank1 == "writing checkpoint files failed on rank(s) [0]; see their error"
+    # rank 1 names rank 0's failure, or (when rank 0's 2 MB filled the disk before rank 1's own
+    # small files were written, which happens under load) its own full disk
+    assert rank1 == "writing checkpoint files failed on rank(s) [0]; see their error" or (
+        rank1.startswith("the disk is full writing checkpoint file ") and "rank1" in rank1 and "\n" not in rank1), rank1
     assert [step for step, _ in list_checkpoints(run_dir)] == [1]
     (tmp,) = (run_dir / "checkpoints").glob("step-2.tmp-*")
     assert not (tmp / "trainer.pt").exists()  # the partial file is gone, its space given back
