@@ -55,10 +55,13 @@ class SavedShards:
     start: int
     stop: int
 
-    def assemble(self, rows_of: Callable[[dict[str, Any]], torch.Tensor | None], *, like: torch.Tensor) -> torch.Tensor:
-        """Rows of [start, stop) of the per-row tensor that ``rows_of`` picks from a payload (None: zeros)."""
+    def assemble(self, rows_of: Callable[[dict[str, Any]], torch.Tensor | None], *, like: torch.Tensor,
+                 alloc: Callable[[tuple[int, ...], torch.dtype], torch.Tensor] | None = None) -> torch.Tensor:
+        """Rows of [start, stop) of the per-row tensor that ``rows_of`` picks from a payload (None:
+        zeros), in new memory or ``alloc``'s."""
         sources = [(lo, hi, self.ranges[r][0], rows_of(self.files[r])) for r, lo, hi in self.pieces]
-        return assemble_rows(self.start, self.stop, rows_per_class=self.rows_per_class, sources=sources, like=like)
+        return assemble_rows(self.start, self.stop, rows_per_class=self.rows_per_class, sources=sources, like=like,
+                             alloc=alloc)
 
 
 def read_shards(path: Path, meta: dict[str, Any], *, class_range: tuple[int, int], source: int,
@@ -84,7 +87,12 @@ def load_head(path: Path, meta: dict[str, Any], *, rank: int, world_size: int, h
     overlap ``head.class_range``; the head's other state from the source rank's file."""
     source = rank if meta["world_size"] == world_size else 0
     shards = read_shards(path, meta, class_range=tuple(head.class_range), source=source, verify=verify)
-    weight = shards.assemble(lambda payload: payload["weight"], like=shards.files[shards.pieces[0][0]]["weight"])
+    like = shards.files[shards.pieces[0][0]]["weight"]
+    into = None
+    if hasattr(head.weight, "row_table") and like.dtype == head.weight.dtype:
+        # an offloaded table (perhaps larger than RAM): the saved rows go straight into it
+        into = lambda shape, dtype: head.weight.data  # noqa: E731 (same shape: assemble_rows checks coverage)
+    weight = shards.assemble(lambda payload: payload["weight"], like=like, alloc=into)
     if weight.dtype != head.weight.dtype:  # saved with another head.state_dtype: load_state_dict casts
         how = "exactly" if head.weight.dtype in (torch.float32, torch.float64) else "rounded to nearest"
         note(f"checkpoint class weights are {_name(weight.dtype)}, this head stores {_name(head.weight.dtype)}: "

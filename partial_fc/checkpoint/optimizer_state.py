@@ -46,7 +46,9 @@ def load_optimizer(optimizer: torch.optim.Optimizer, weight: torch.Tensor, shard
     for i, entry in saved["state"].items():
         if i != index:
             state[params[i]] = _owned(entry, params[i].device)
-    weight_state = {**_weight_scalars(shards, index, weight.device), **_weight_rows(shards, index, weight.device)}
+    table = getattr(weight, "row_table", None)  # an offloaded table holds the rows' state too
+    weight_state = {**_weight_scalars(shards, index, weight.device),
+                    **_weight_rows(shards, index, weight.device, None if table is None else table.empty)}
     if weight_state:
         state[weight] = weight_state
     optimizer.state = state
@@ -61,7 +63,7 @@ def _weight_scalars(shards: SavedShards, index: int, device: torch.device) -> di
     return {}
 
 
-def _weight_rows(shards: SavedShards, index: int, device: torch.device) -> dict[str, torch.Tensor]:
+def _weight_rows(shards: SavedShards, index: int, device: torch.device, alloc=None) -> dict[str, torch.Tensor]:
     """Every per-row state tensor any overlapping shard holds, for this rank's rows. A shard
     without it contributes zeros: for the lazy row-sparse optimizers zero state is no state."""
     def rows(payload: dict[str, Any], key: str) -> torch.Tensor | None:
@@ -74,7 +76,7 @@ def _weight_rows(shards: SavedShards, index: int, device: torch.device) -> dict[
     out = {}
     for key in keys:
         like = next(t for payload in holders if (t := rows(payload, key)) is not None)
-        out[key] = shards.assemble(partial(rows, key=key), like=like).to(device)
+        out[key] = shards.assemble(partial(rows, key=key), like=like, alloc=alloc).to(device)
     return out
 
 

@@ -8,6 +8,8 @@ slicing rows by K.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -36,15 +38,18 @@ def overlaps(ranges: list[tuple[int, int]], start: int, stop: int) -> list[tuple
 
 def assemble_rows(
     start: int, stop: int, *, rows_per_class: int, sources: list[tuple[int, int, int, torch.Tensor | None]],
-    like: torch.Tensor,
+    like: torch.Tensor, alloc: Callable[[tuple[int, ...], torch.dtype], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Rows of classes [start, stop) from ``sources``: (lo, hi, source_start, tensor) where
     ``tensor`` holds the rows of classes [source_start, ...) and [lo, hi) is the part to copy.
     A None tensor contributes zeros (a shard whose optimizer had no state yet: for the lazy
     row-sparse optimizers, zero state is the same as no state). ``like`` gives dtype and trailing
-    shape. The sources must cover [start, stop) exactly."""
+    shape; ``alloc(shape, dtype)`` where the rows go (default: new host memory; an offloaded
+    table's own memory, so a resume never holds a second copy of it). The sources must cover
+    [start, stop) exactly."""
     k = rows_per_class
-    out = torch.empty(((stop - start) * k, *like.shape[1:]), dtype=like.dtype)
+    shape = ((stop - start) * k, *like.shape[1:])
+    out = torch.empty(shape, dtype=like.dtype) if alloc is None else alloc(shape, like.dtype)
     covered = 0
     for lo, hi, source_start, tensor in sources:
         dst = out[(lo - start) * k : (hi - start) * k]

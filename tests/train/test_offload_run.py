@@ -82,3 +82,31 @@ def test_the_config_refuses_offload_where_it_cannot_work(data_dir, tmp_path):
         from_dict(TrainConfig, agents)
     with pytest.raises(ConfigError, match=r"train\.grad_accum is 2 but head\.offload host stages one micro-batch"):
         from_dict(TrainConfig, _config(data_dir, tmp_path, {"offload": "host"}, grad_accum=2))
+
+
+def test_a_resume_reads_the_checkpoint_straight_into_the_mapped_table(data_dir, tmp_path):
+    """No second copy of the table exists at resume: the saved rows and their momentum are
+    assembled in the table's own memory (a table larger than RAM can resume), which then holds
+    exactly one weight and one momentum, and continues bit for bit."""
+    from partial_fc.checkpoint import load_checkpoint
+    from partial_fc.comm import make_collectives
+    from partial_fc.train.criterion import build_criterion, build_head_optimizer
+
+    run = tmp_path / "run"
+    train(from_dict(TrainConfig, _config(data_dir, run, {"offload": "mmap"}, max_steps=3)))
+    cfg = from_dict(TrainConfig, _config(data_dir, tmp_path / "again", {"offload": "mmap"}))
+    head = build_criterion(cfg, num_classes=cfg.head.num_classes or head_classes(run), device=torch.device("cpu"))
+    opt = build_head_optimizer(cfg, head, lr=0.1, comm=make_collectives())
+    table, ptr = head.weight.row_table, head.weight.data_ptr()
+    load_checkpoint(latest_checkpoint(run), comm=make_collectives(), head=head, head_optimizer=opt,
+                    expect_extra=None, seed=cfg.seed)
+    opt.convert_loaded_state()
+    saved, state = _saved(run)
+    assert head.weight.data_ptr() == ptr and torch.equal(head.weight.detach(), saved)
+    mine = opt.state[head.weight]
+    assert all(table.owns(v) and torch.equal(v, state[k]) for k, v in mine.items())
+    assert table.bytes == head.weight.numel() * 4 + sum(v.numel() * v.element_size() for v in mine.values())
+
+
+def head_classes(run: Path) -> int:
+    return safe_load(latest_checkpoint(run) / "head-rank0.pt")["class_range"][1]
