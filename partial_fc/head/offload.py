@@ -67,7 +67,7 @@ class RowTable:
     """
 
     def __init__(self, mode: str, *, device: torch.device | str, directory: str | Path | None = None,
-                 label: str = "head") -> None:
+                 label: str = "head", threaded: bool | None = None) -> None:
         check_offload(mode)
         if mode == "none":
             raise ValueError("a RowTable is for offload host or mmap; offload none keeps the table on the device")
@@ -84,6 +84,8 @@ class RowTable:
         self.staged: Staged | None = None
         self._pending: tuple | None = None  # (key, thread, result box) of a prefetch
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        #: prefetch on a worker thread (default: on CUDA, where it overlaps the backbone's kernels)
+        self.threaded = self.device.type == "cuda" if threaded is None else threaded
 
     # -- allocation -----------------------------------------------------------------------------
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -132,11 +134,18 @@ class RowTable:
     # -- the step's rows --------------------------------------------------------------------------
     def prefetch(self, table: torch.Tensor, ids: torch.Tensor, key: tuple) -> None:
         """Start gathering ``table[ids]`` for a later ``take(.., key)``; returns at once on CUDA."""
-        if self.device.type != "cuda":
+        if not self.threaded:
             self._pending = (key, None, [self._gather(table, ids)])
             return
         box: list = []
-        thread = threading.Thread(target=lambda: box.append(self._gather(table, ids)), daemon=True)
+
+        def gather() -> None:
+            try:
+                box.append(self._gather(table, ids))
+            except BaseException as err:  # handed to take(), which raises it in the caller's thread
+                box.append(err)
+
+        thread = threading.Thread(target=gather, daemon=True, name=f"partial-fc prefetch ({self.label})")
         thread.start()
         self._pending = (key, thread, box)
 
@@ -149,8 +158,8 @@ class RowTable:
             _, thread, box = pending
             if thread is not None:
                 thread.join()
-            if not box:
-                raise RuntimeError(f"offload: the prefetch of {self.label}'s rows failed (see the thread's traceback)")
+            if isinstance(box[0], BaseException):
+                raise RuntimeError(f"offload: the prefetch of {self.label}'s rows failed: {box[0]!r}") from box[0]
             result = box[0]
         if result is None:
             result = self._gather(table, ids)

@@ -124,3 +124,34 @@ def test_offload_errors():
         PartialFC(10, 4, margin="arcface", offload="mmap")
     with pytest.raises(ValueError, match="offload none keeps the table on the device"):
         RowTable("none", device="cpu")
+
+
+def test_the_threaded_prefetch_gives_the_same_rows_and_surfaces_its_failure():
+    """The worker-thread prefetch (the CUDA default) run on CPU: the same steps bit for bit as a
+    synchronous gather; a gather that fails in the thread is an error in ``forward``, not a hang
+    or a silent re-read."""
+    def run(threaded: bool) -> dict:
+        head = PartialFC(C, D, margin="arcface", sample_rate=0.4, seed=3, chunk_size=5, offload="host")
+        head.weight.row_table.threaded = threaded
+        opt = HeadOptimizer(sharded=[head.weight], name="sgd", lr=0.1, comm=make_collectives(), momentum=0.9)
+        gen = torch.Generator().manual_seed(7)
+        losses = []
+        for _ in range(STEPS):
+            x, y = torch.randn(B, D, generator=gen).requires_grad_(), torch.randint(0, C, (B,), generator=gen)
+            head.prefetch(y)
+            loss = head(x, y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        return {"weight": head.weight.detach().clone(), "losses": torch.stack(losses),
+                "state": {k: v.clone() for k, v in opt.state[head.weight].items()}}
+
+    _equal(run(False), run(True))
+    head = PartialFC(C, D, margin="arcface", sample_rate=0.4, offload="host")
+    table = head.weight.row_table
+    table.threaded = True
+    y = torch.arange(B)
+    table._gather = lambda t, ids: 1 / 0  # what a failing read does
+    head.prefetch(y)
+    with pytest.raises(RuntimeError, match="the prefetch of rank 0's rows failed"):
+        head(torch.randn(B, D), y)
