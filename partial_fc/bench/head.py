@@ -191,6 +191,7 @@ def _bench_rank(rank: int, world_size: int, cfg: dict) -> dict:
                          offload_dir=os.path.join(cfg["offload_dir"], f"partial-fc-bench-rank{rank}"))
         k, (start, stop) = margin.subcenters, head.class_range
         opt = RowSparseSGD([head.weight], **sgd, state_dtype=cfg["optim_state"], seed=head.seed, row_offset=start * k)
+        head.weight.row_table.observer = meter.sample  # inside the step too: the staged state rows
     elif cfg["impl"] == "head":
         # built on the meta device, then given its rows in the storage dtype directly: converting
         # fp32 rows afterwards would hold both copies at once, 1.5x the table at the largest C
@@ -288,8 +289,8 @@ def _report(cfg: dict, results: dict, *, backend: str, threads: int) -> dict:
     device = torch.cuda.get_device_name(0) if cfg["cuda"] else f"cpu ({os.cpu_count()} cores, {threads} thread(s)/rank)"
     return {"config": cfg, "backend": backend, "device": device, "rows": rows, "summary": summary, "targets": TARGETS,
             "memory": "CUDA allocator peak" if cfg["cuda"] else (
-                "anonymous resident memory (RssAnon, the largest after forward, backward and step) minus before the "
-                "head; the mapped table's pages are page cache" if cfg.get("offload") == "mmap"
+                "anonymous resident memory (RssAnon, the largest after each transfer, forward, backward and step) "
+                "minus before the head; the mapped table's pages are page cache" if cfg.get("offload") == "mmap"
                 else "resident-set high-water mark (VmHWM) minus RSS before the head")}
 
 

@@ -83,6 +83,8 @@ class RowTable:
         self._owned: set[int] = set()  # storage pointers of the tensors allocated here
         self.staged: Staged | None = None
         self._pending: tuple | None = None  # (key, thread, result box) of a prefetch
+        #: called after every transfer to the device (the bench's memory meter samples there)
+        self.observer = None
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         #: prefetch on a worker thread (default: on CUDA, where it overlaps the backbone's kernels)
         self.threaded = self.device.type == "cuda" if threaded is None else threaded
@@ -169,7 +171,12 @@ class RowTable:
             rows.record_stream(torch.cuda.current_stream(self.device))
         leaf = rows.detach().requires_grad_(table.requires_grad)
         self.staged = Staged(ids=ids, ids_host=ids_host, rows=leaf, key=key)
+        self._observe()
         return self.staged
+
+    def _observe(self) -> None:
+        if self.observer is not None:
+            self.observer()
 
     def _gather(self, table: torch.Tensor, ids: torch.Tensor):
         """(host ids, rows on the device, CUDA event or None)."""
@@ -187,7 +194,9 @@ class RowTable:
 
     def fetch(self, t: torch.Tensor, ids_host: torch.Tensor) -> torch.Tensor:
         """``t[ids]`` of a state tensor of the table, on the device (synchronous)."""
-        return torch.index_select(t, 0, ids_host).to(self.device)
+        rows = torch.index_select(t, 0, ids_host).to(self.device)
+        self._observe()
+        return rows
 
     def write_back(self, t: torch.Tensor, ids_host: torch.Tensor, rows: torch.Tensor) -> None:
         """``t[ids] = rows``: the device rows copied to the host table."""

@@ -16,6 +16,8 @@ Every term names the code it comes from, so a change there shows up here:
   resident set, this is the code pages, thread pools and gloo buffers: 97 MiB, measured with
   ``bench head`` at C=2000, D=16 (torch 2.13 CPU, 1 or 2 ranks alike). On CUDA the allocator's
   peak excludes it; 1 GiB is reserved for the CUDA context and NCCL (an allowance, not measured).
+  With ``offload`` mmap on CPU the bench measures anonymous memory (the mapped pages are page
+  cache), whose runtime part is 67 MiB (``bench head --offload mmap`` at C=2000, D=16).
 
 Compact modes: the persistent bytes per row are ``optim.footprint.bytes_per_row``, computed from
 the optimizers' own state tensors (int8: one fp32 scale per row and state; AdamW: a 4-byte step
@@ -46,6 +48,7 @@ OFFLOADS = ("none", "host", "mmap")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("cuda", "cpu")
 CPU_RUNTIME_BYTES = 97 * 1024**2
+CPU_RUNTIME_ANON_BYTES = 67 * 1024**2  # its anonymous part: the mmap bench's RssAnon, same measurement
 CUDA_RESERVE_BYTES = 1024**3
 DEFAULT_CHUNK_SIZE = 65536  # partial_fc.head.partial_fc.DEFAULT_CHUNK_SIZE (not imported: keeps plan light)
 _OPTIM_BLOCK_ROWS = 4096  # RowSparse* block_rows default
@@ -143,18 +146,23 @@ def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sam
         if offload == "host" and device == "cpu":  # the host is the device: the table is in the same memory
             terms["host table"] = table
     terms["logit tile"] = tile_rows * big_b * f32
-    terms["tile rows"] = tile_rows * dim * f32 if sample_rate < 1.0 else 0
+    # a tile's rows are gathered into tile_w when sampling; an offloaded head's staged rows are
+    # already contiguous, so its fp32 tiles are views of them and only a narrow table widens
+    if offload == "none":
+        terms["tile rows"] = tile_rows * dim * f32 if sample_rate < 1.0 else 0
+    else:
+        terms["tile rows"] = tile_rows * dim * f32 if narrow else 0
     terms["gradient rows"] = sampled * k * (dim * f32 + 8) + (sampled * 8 if sample_rate < 1.0 else 0)
     if narrow:
         terms["stored-dtype gradient rows"] = sampled * k * (dim * narrow + 8)
-        terms["stored-dtype tile rows"] = tile_rows * dim * narrow if sample_rate < 1.0 else 0
+        terms["stored-dtype tile rows"] = tile_rows * dim * narrow if sample_rate < 1.0 and offload == "none" else 0
     terms["gathered embeddings"] = 4 * big_b * dim * f32 + 2 * batch_size * dim * f32
     block = min(_OPTIM_BLOCK_ROWS, sampled * k)
     terms["scratch"] = (optimizer_block_bytes(block, dim, optim=optim, state_dtype=state_dtype, optim_state=optim_state,
                                               momentum=momentum)
                         + min(_ROW_DOT_BLOCK, tile_rows) * dim * f32 + local + 3 * min(_HASH_BLOCK, local) * 8)
     terms["runtime"] = runtime_bytes if runtime_bytes is not None else (
-        CUDA_RESERVE_BYTES if device == "cuda" else CPU_RUNTIME_BYTES)
+        CUDA_RESERVE_BYTES if device == "cuda" else CPU_RUNTIME_ANON_BYTES if offload == "mmap" else CPU_RUNTIME_BYTES)
     return Plan(classes=classes, dim=dim, world_size=world_size, batch_size=batch_size, sample_rate=sample_rate,
                 state_dtype=state_dtype, optim_state=optim_state, offload=offload, optim=optim, device=device,
                 momentum=momentum, subcenters=subcenters, chunk_size=chunk_size, sampled_rows=sampled,
