@@ -220,8 +220,6 @@ def _bench_rank(rank: int, world_size: int, cfg: dict) -> dict:
         meter.sample()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if offload != "none":
-            head.weight.row_table.release()  # the staged rows, written back by the step
         meter.sample()
         sync()
         if i >= cfg["warmup"]:

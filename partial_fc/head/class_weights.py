@@ -21,7 +21,6 @@ from partial_fc.head.storage import WEIGHT_STORAGE
 DEFAULT_CHUNK_SIZE = 65536
 
 
-
 def check_state_dtype(state_dtype: str) -> None:
     """``state_dtype``: the storage of the class rows (``head.state_dtype``, the planner's name)."""
     if state_dtype not in WEIGHT_STORAGE:

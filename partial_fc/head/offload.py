@@ -51,12 +51,11 @@ def check_offload(offload: str) -> None:
 class Staged:
     """One step's rows of the table on the compute device. ``ids``: (S,) local row ids on the
     device (sorted); ``ids_host`` the same on the host; ``rows``: (S, D) leaf whose gradient the
-    backward fills; ``step``/``labels``: what they were sampled for."""
+    backward fills."""
 
     ids: torch.Tensor
     ids_host: torch.Tensor
     rows: torch.Tensor
-    key: tuple | None = None
 
 
 class RowTable:
@@ -82,7 +81,7 @@ class RowTable:
         self.bytes = 0  # allocated so far
         self._owned: set[int] = set()  # storage pointers of the tensors allocated here
         self.staged: Staged | None = None
-        self._pending: tuple | None = None  # (key, thread, result box) of a prefetch
+        self._pending: tuple | None = None  # (key, ids, thread, result box) of a prefetch
         #: called after every transfer to the device (the bench's memory meter samples there)
         self.observer = None
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
@@ -135,9 +134,10 @@ class RowTable:
 
     # -- the step's rows --------------------------------------------------------------------------
     def prefetch(self, table: torch.Tensor, ids: torch.Tensor, key: tuple) -> None:
-        """Start gathering ``table[ids]`` for a later ``take(.., key)``; returns at once on CUDA."""
+        """Start gathering ``table[ids]`` for a later ``take`` with the same ``key`` (what the rows
+        were sampled for, e.g. the step) and ids; returns at once when ``threaded``."""
         if not self.threaded:
-            self._pending = (key, None, [self._gather(table, ids)])
+            self._pending = (key, ids, None, [self._gather(table, ids)])
             return
         box: list = []
 
@@ -149,15 +149,15 @@ class RowTable:
 
         thread = threading.Thread(target=gather, daemon=True, name=f"partial-fc prefetch ({self.label})")
         thread.start()
-        self._pending = (key, thread, box)
+        self._pending = (key, ids, thread, box)
 
     def take(self, table: torch.Tensor, ids: torch.Tensor, key: tuple) -> Staged:
         """The rows ``table[ids]`` on the device as a fresh leaf (the prefetched ones when their
-        key matches), recorded as ``staged`` for the optimizer step."""
+        key and ids match), recorded as ``staged`` for the optimizer step."""
         pending, self._pending = self._pending, None
         result = None
-        if pending is not None and pending[0] == key:
-            _, thread, box = pending
+        if pending is not None and pending[0] == key and torch.equal(pending[1], ids):
+            _, _, thread, box = pending
             if thread is not None:
                 thread.join()
             if isinstance(box[0], BaseException):
@@ -170,7 +170,7 @@ class RowTable:
             torch.cuda.current_stream(self.device).wait_event(event)
             rows.record_stream(torch.cuda.current_stream(self.device))
         leaf = rows.detach().requires_grad_(table.requires_grad)
-        self.staged = Staged(ids=ids, ids_host=ids_host, rows=leaf, key=key)
+        self.staged = Staged(ids=ids, ids_host=ids_host, rows=leaf)
         self._observe()
         return self.staged
 

@@ -12,7 +12,7 @@ from partial_fc.head.checks import check_sample_rate
 from partial_fc.head.class_weights import DEFAULT_CHUNK_SIZE, ShardedClassWeights
 from partial_fc.head.margins.base import Margin, overrides
 from partial_fc.head.sampling import sample_classes
-from partial_fc.head.sharded_ce import sharded_margin_ce
+from partial_fc.head.sharded_ce import class_row_ids, sharded_margin_ce
 from partial_fc.head.workspace import Workspace
 
 
@@ -92,9 +92,8 @@ class PartialFC(ShardedClassWeights):
             sampled = sample_classes(y, start=start, stop=stop, seed=self.seed, step=self.step, sample_rate=rate)
             weight, rows = self.weight, None if rate >= 1.0 else sampled.rows
             if self.offload != "none":  # this step's rows on the device; the shard's ids are only the table's
-                weight = self.weight.row_table.take(self.weight, self._row_ids(sampled.rows),
-                                                    self._stage_key(y)).rows
-                rows = None
+                ids = class_row_ids(sampled.rows, self.margin.subcenters)
+                weight, rows = self.weight.row_table.take(self.weight, ids, (self.step, self.training)).rows, None
             loss = sharded_margin_ce(
                 x, self.margin.scale_features(x), weight,
                 rows=rows, target_pos=sampled.target_pos,
@@ -117,16 +116,8 @@ class PartialFC(ShardedClassWeights):
         start, stop = self.class_range
         y = self.comm.all_gather(labels.to(device=self.compute_device, dtype=torch.int64))
         sampled = sample_classes(y, start=start, stop=stop, seed=self.seed, step=self.step, sample_rate=self.sample_rate)
-        self.weight.row_table.prefetch(self.weight, self._row_ids(sampled.rows), self._stage_key(y))
-
-    def _row_ids(self, classes: torch.Tensor) -> torch.Tensor:
-        """Local row ids of the sampled local classes (K per class with sub-centers)."""
-        k = self.margin.subcenters
-        return classes if k == 1 else (classes[:, None] * k + torch.arange(k, device=classes.device)).flatten()
-
-    def _stage_key(self, y: torch.Tensor) -> tuple:
-        """What a step's staged rows depend on: the step, the mode and the global labels."""
-        return (self.step, self.training, y.cpu().numpy().tobytes())
+        self.weight.row_table.prefetch(self.weight, class_row_ids(sampled.rows, self.margin.subcenters),
+                                       (self.step, self.training))
 
     def _own_rows_with_grad(self, x: torch.Tensor, b: int) -> torch.Tensor:
         """x with gradient only through this rank's rows: a term every rank computes on the global

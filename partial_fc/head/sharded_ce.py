@@ -210,7 +210,7 @@ class ShardedMarginCE(torch.autograd.Function):
 
         grad_weight = None
         if ctx.needs_input_grad[2]:
-            indices = _row_ids(rows, k) if rows is not None else torch.arange(weight.shape[0], device=weight.device)
+            indices = class_row_ids(rows, k) if rows is not None else torch.arange(weight.shape[0], device=weight.device)
             grad_weight = torch.sparse_coo_tensor(indices[None], grad_rows, weight.shape, is_coalesced=True, check_invariants=False)
         grads = (grad_x, grad_x_scaled, grad_weight, None, None, None, None, None, None, None, None)
         if not ctx.has_scale:
@@ -218,7 +218,7 @@ class ShardedMarginCE(torch.autograd.Function):
         return grads + (None if ctx.dloss_dscale is None else grad_loss * ctx.dloss_dscale,)
 
 
-def _row_ids(classes: torch.Tensor, k: int) -> torch.Tensor:
+def class_row_ids(classes: torch.Tensor, k: int) -> torch.Tensor:
     """Shard row indices of the K sub-centers of the given local classes, class by class."""
     if k == 1:
         return classes
@@ -228,7 +228,7 @@ def _row_ids(classes: torch.Tensor, k: int) -> torch.Tensor:
 def _take_rows(weight: torch.Tensor, rows: torch.Tensor | None, pos: torch.Tensor, k: int = 1) -> torch.Tensor:
     """(n, D) class rows at sampled positions pos, or (n, K, D) with sub-centers."""
     classes = pos if rows is None else rows[pos]
-    w = weight.index_select(0, classes if k == 1 else _row_ids(classes, k))
+    w = weight.index_select(0, classes if k == 1 else class_row_ids(classes, k))
     w = w.to(torch.promote_types(w.dtype, torch.float32))  # bf16 / fp16 storage is computed in fp32
     return w if k == 1 else w.view(-1, k, weight.shape[1])
 
@@ -266,7 +266,7 @@ def _compute_tile(x_scaled, weight, rows, start, stop, margin, owned, pos, targe
     opts = dict(dtype=x_scaled.dtype, device=x_scaled.device)
     k = margin.subcenters
     n = (stop - start) * k
-    ids = None if rows is None else _row_ids(rows[start:stop], k)
+    ids = None if rows is None else class_row_ids(rows[start:stop], k)
     if weight.dtype != x_scaled.dtype:  # bf16 / fp16 storage: gather, then widen into the tile's dtype
         stored = weight[start * k : stop * k] if ids is None else torch.index_select(
             weight, 0, ids, out=workspace.get("tile_w_stored", (n, weight.shape[1]), dtype=weight.dtype, device=weight.device))

@@ -102,9 +102,6 @@ class HeadOptimizer:
     def zero_grad(self) -> None:
         for opt in self._optimizers:
             opt.zero_grad(set_to_none=True)
-        for p in self._sharded:  # an offloaded table's staged rows are written back by now
-            if hasattr(p, "row_table"):
-                p.row_table.release()
 
     def _grads(self, params: Sequence[nn.Parameter]) -> list[torch.Tensor]:
         """The gradient values (a sparse gradient's sampled rows; an offloaded table's staged

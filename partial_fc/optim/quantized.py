@@ -43,9 +43,6 @@ _CODE_SHIFT = 2.0 ** -96  # maps v / rowmax in [2^-30, 1] onto fp32 exponents 1.
 _CODE_DROP = 20  # fp32 bits below the 3 kept mantissa bits
 
 
-#: ``state_dtype`` of the class centers (the head's / bench's / planner's names) -> torch dtype
-
-
 def store_weight_as(weight: torch.nn.Parameter, name: str) -> None:
     """Keep the class centers ``weight`` in the storage dtype ``name`` from now on (the current
     values rounded to nearest, once, e.g. the initial rows). Call it before creating the optimizer."""
@@ -147,7 +144,6 @@ class PlainState(StateFormat):
 
     def keys(self, name, p):
         return {name: (tuple(p.shape), self.dtype or work_dtype(p))}
-
 
     def read(self, state, name, idx, lo, hi, out, scratch):
         return read_rows(state[name], idx, lo, hi, out, scratch, "state_in")

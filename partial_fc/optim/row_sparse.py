@@ -117,10 +117,7 @@ class RowSparseAdamW(RowSparseOptimizer):
                          rounding=rounding)
 
     def _create_state(self, p):
-        table = getattr(p, "row_table", None)
-        steps = torch.zeros(p.shape[0], dtype=work_dtype(p), device=p.device) if table is None else \
-            table.zeros((p.shape[0],), work_dtype(p))
-        return dict(super()._create_state(p), row_steps=steps)
+        return dict(super()._create_state(p), row_steps=self._zeros(p)((p.shape[0],), work_dtype(p)))
 
     def _expected(self, p):
         # per-row update counts in the block's work dtype, as torch's AdamW keeps its step in the

@@ -112,18 +112,18 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         by their ids in the shard), and write rows and state back into the table."""
         table, w, ids = p.row_table, staged.rows, staged.ids_host
         state = self._state(p) if self._expected(p) else {}
-        rows_state = {k: table.fetch(v, ids) if torch.is_tensor(v) and v.dim() and v.shape[0] == p.shape[0] else v
-                      for k, v in state.items()}
+        rows_state = {k: table.fetch(v, ids) if _per_row(v, p) else v for k, v in state.items()}
         self.state[w], self._owner[w], self._ids[w] = rows_state, p, staged.ids
         try:
             rows, grads = sampled_rows(w.grad)
             self._update(w, group, rows, grads, key)
             table.write_back(p.data, ids, w)
-            for k, v in rows_state.items():
-                if torch.is_tensor(v) and v is not state[k]:
-                    table.write_back(state[k], ids, v)
+            for k, v in state.items():
+                if _per_row(v, p):
+                    table.write_back(v, ids, rows_state[k])
         finally:
             del self.state[w], self._owner[w], self._ids[w]
+        table.release()  # written back: the next forward stages its own rows
 
     def _blocks(self, rows: torch.Tensor | None, grads: torch.Tensor):
         """(lo, hi, row indices of the block or None) over the gradient rows."""
@@ -166,11 +166,17 @@ class RowSparseOptimizer(torch.optim.Optimizer):
 
     def _create_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         state = {}
-        table = getattr(p, "row_table", None)
-        zeros = None if table is None else table.zeros  # an offloaded table holds its state too
         for name, fmt in self._formats.items():
-            state.update(fmt.create(name, p, zeros=zeros))
+            state.update(fmt.create(name, p, zeros=self._zeros(p)))
         return state
+
+    @staticmethod
+    def _zeros(p: torch.Tensor):
+        """``zeros(shape, dtype)`` for ``p``'s state: on its device, or in its offloaded table."""
+        table = getattr(p, "row_table", None)
+        if table is not None:
+            return table.zeros
+        return lambda shape, dtype: torch.zeros(shape, dtype=dtype, device=p.device)
 
     def _expected(self, p: torch.Tensor) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         expected = {}
@@ -264,8 +270,12 @@ def _homed(p: torch.Tensor, state: dict) -> dict:
     table = getattr(p, "row_table", None)
     if table is None:
         return state
-    return {k: table.adopt(v) if torch.is_tensor(v) and v.dim() and v.shape[0] == p.shape[0] else v
-            for k, v in state.items()}
+    return {k: table.adopt(v) if _per_row(v, p) else v for k, v in state.items()}
+
+
+def _per_row(v, p: torch.Tensor) -> bool:
+    """Whether a state entry holds one row per row of ``p`` (what a table stages and stores)."""
+    return torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == p.shape[0]
 
 
 def get_rows(t: torch.Tensor, idx: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
