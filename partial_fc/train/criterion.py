@@ -15,6 +15,7 @@ import torch
 
 from partial_fc import margins
 from partial_fc.comm import Collectives
+from partial_fc.checkpoint.head_state import rows_per_class
 from partial_fc.config.train import AGENT_LOSSES, TrainConfig
 from partial_fc.head.class_weights import ShardedClassWeights
 from partial_fc.head.partial_fc import PartialFC
@@ -65,5 +66,4 @@ def _rounding_key(head: ShardedClassWeights | None) -> dict[str, int]:
     narrow state, so a row rounds the same at every world size."""
     if head is None:
         return {}
-    rows_per_class = head.weight.shape[0] // max(1, head.class_range[1] - head.class_range[0])
-    return {"seed": head.seed, "row_offset": head.class_range[0] * rows_per_class}
+    return {"seed": head.seed, "row_offset": head.class_range[0] * rows_per_class(head)}

@@ -133,7 +133,7 @@ class Run:
     @property
     def offloaded(self) -> bool:
         """The head's class table lives off the device (``head.offload`` host or mmap)."""
-        return self.head is not None and getattr(self.head, "offload", "none") != "none"
+        return self.head is not None and self.head.offload != "none"
 
     @property
     def last_step(self) -> int:
