@@ -37,9 +37,6 @@ from partial_fc.util.atomic import write_json_atomic
 
 MiB = 1024 * 1024
 TARGETS = {"step_vs_floor": 1.5, "peak_vs_naive": 0.6, "working_vs_naive": 0.2}
-# What the bench runs (the planner's names)
-AVAILABLE = {"state_dtype": ("fp32", "bf16", "fp16"), "optim_state": ("fp32", "bf16", "int8"),
-             "offload": ("none", "host", "mmap")}
 _FIND_MAX_TRIES = 3
 
 
@@ -113,14 +110,10 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--sample-rate must be in (0, 1], got {args.sample_rate}")
     if args.classes < args.world_size:
         raise ValueError(f"--classes ({args.classes}) must be >= --world-size ({args.world_size})")
-    modelled = {"state_dtype": STATE_DTYPES, "optim_state": OPTIM_STATES, "offload": OFFLOADS}
-    for name, available in AVAILABLE.items():
-        value, flag = getattr(args, name), "--" + name.replace("_", "-")
-        if value not in modelled[name]:
-            raise ValueError(f"{flag} must be one of {sorted(modelled[name])}, got {value!r}")
-        if value not in available:
-            raise ValueError(f"{flag} {value} is not built yet; bench head runs {', '.join(available)} "
-                             f"(partial-fc plan models {value} already)")
+    for name, choices in {"state_dtype": STATE_DTYPES, "optim_state": OPTIM_STATES, "offload": OFFLOADS}.items():
+        value = getattr(args, name)
+        if value not in choices:
+            raise ValueError(f"--{name.replace('_', '-')} must be one of {sorted(choices)}, got {value!r}")
 
 
 def _plan(cfg: dict, classes: int):
@@ -165,8 +158,7 @@ def _bench_rank(rank: int, world_size: int, cfg: dict) -> dict:
     from partial_fc.bench.naive import NaivePartialFC
     from partial_fc.comm import make_collectives
     from partial_fc.head.sampling import sample_classes
-    from partial_fc.head.row_init import init_class_rows
-    from partial_fc.optim import WEIGHT_STORAGE, RowSparseSGD
+    from partial_fc.optim import RowSparseSGD
 
     device = torch.device("cuda", rank) if cfg["cuda"] else torch.device("cpu")
     offload = cfg.get("offload", "none")
@@ -184,24 +176,15 @@ def _bench_rank(rank: int, world_size: int, cfg: dict) -> dict:
 
     margin = margins.build(cfg["margin"]).to(device)
     sgd = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
-    if cfg["impl"] == "head" and offload != "none":
-        # the table is created where it lives (host memory or mapped files), init block by block
+    if cfg["impl"] == "head":
+        # rows created in the storage dtype one init block at a time, where the table lives
         head = PartialFC(num_classes, dim, margin=margin, sample_rate=cfg["sample_rate"], chunk_size=cfg["chunk_size"],
                          check_finite=False, state_dtype=cfg["state_dtype"], device=device, offload=offload,
                          offload_dir=os.path.join(cfg["offload_dir"], f"partial-fc-bench-rank{rank}"))
-        k, (start, stop) = margin.subcenters, head.class_range
-        opt = RowSparseSGD([head.weight], **sgd, state_dtype=cfg["optim_state"], seed=head.seed, row_offset=start * k)
-        head.weight.row_table.observer = meter.sample  # inside the step too: the staged state rows
-    elif cfg["impl"] == "head":
-        # built on the meta device, then given its rows in the storage dtype directly: converting
-        # fp32 rows afterwards would hold both copies at once, 1.5x the table at the largest C
-        head = PartialFC(num_classes, dim, margin=margin, sample_rate=cfg["sample_rate"], chunk_size=cfg["chunk_size"],
-                         check_finite=False, device="meta")
-        head.margin = margins.build(cfg["margin"]).to(device)  # the one passed in went to meta with the head
-        k, (start, stop) = margin.subcenters, head.class_range
-        head.weight = torch.nn.Parameter(init_class_rows(head.seed, start * k, stop * k, dim, std=0.01,
-                                                         dtype=WEIGHT_STORAGE[cfg["state_dtype"]], device=device))
-        opt = RowSparseSGD([head.weight], **sgd, state_dtype=cfg["optim_state"], seed=head.seed, row_offset=start * k)
+        start = head.class_range[0] * margin.subcenters
+        opt = RowSparseSGD([head.weight], **sgd, state_dtype=cfg["optim_state"], seed=head.seed, row_offset=start)
+        if offload != "none":
+            head.weight.row_table.observer = meter.sample  # inside the step too: the staged state rows
     else:
         head = NaivePartialFC(num_classes, dim, margin=margin, sample_rate=cfg["sample_rate"], device=device)
         opt = torch.optim.SGD([head.weight], **sgd)
