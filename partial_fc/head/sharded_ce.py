@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
+from partial_fc import kernels
 from partial_fc.comm.collectives import Collectives
 from partial_fc.head.margins.base import EPS, Margin, overrides, row_norm
 from partial_fc.head.workspace import Workspace
@@ -89,6 +90,7 @@ class _Tile:
     logits: torch.Tensor     # (c, B): transposed logits of the tile, one row per class
     best: torch.Tensor | None = None     # (c, B) arg-max sub-center (K > 1)
     dlogits: torch.Tensor | None = None  # (c, B) derivative of margin.negative_logits
+    colmax: torch.Tensor | None = None   # (B,) the tile's column max, from the fused passes
 
 
 class ShardedMarginCE(torch.autograd.Function):
@@ -115,12 +117,17 @@ class ShardedMarginCE(torch.autograd.Function):
         for start in range(0, num_sampled, chunk_size):
             tile = _compute_tile(x_scaled, weight, rows, start, min(num_sampled, start + chunk_size),
                                  margin, owned, pos, target, state, workspace)
-            new_max = torch.maximum(run_max, tile.logits.amax(0))
-            shifted = tile.logits.sub_(new_max)
-            # sum_j e^u u with u = z - max, taken before the tile turns into exponentials
-            tile_zsum = _exp_weighted_sum(shifted, workspace) if learn_scale else None
-            exps = shifted.exp_()   # in place: the tile now holds exp(z - max)
-            tile_sum = exps.sum(0)
+            new_max = torch.maximum(run_max, tile.logits.amax(0) if tile.colmax is None else tile.colmax)
+            if tile.colmax is not None and not learn_scale:  # one fused pass: exp(z - max) in place, and its sum
+                tile_sum = x.new_empty(batch)
+                kernels.exp_shift(tile.logits, new_max, tile_sum)
+                exps = shifted = tile.logits
+            else:
+                shifted = tile.logits.sub_(new_max)
+                # sum_j e^u u with u = z - max, taken before the tile turns into exponentials
+                tile_zsum = _exp_weighted_sum(shifted, workspace) if learn_scale else None
+                exps = shifted.exp_()   # in place: the tile now holds exp(z - max)
+                tile_sum = exps.sum(0)
             if learn_scale:  # sum_j e^u z = sum_j e^u u + max sum_j e^u
                 run_zsum = run_zsum * torch.exp(run_max - new_max) + tile_zsum + new_max * tile_sum
             run_sum = run_sum * torch.exp(run_max - new_max) + tile_sum
@@ -176,31 +183,50 @@ class ShardedMarginCE(torch.autograd.Function):
         starts = list(range(0, ctx.num_sampled, ctx.chunk_size))
         for start in reversed(starts):
             stop = min(ctx.num_sampled, start + ctx.chunk_size)
-            if ctx.last is not None and ctx.last.start == start:
+            kept = ctx.last is not None and ctx.last.start == start
+            if kept:
                 # The kept tile is consumed in place; a second backward (retain_graph) recomputes it.
                 tile, ctx.last = ctx.last, None
-                probs = tile.logits.mul_(torch.exp(ctx.last_shift - lse))
             else:
                 tile = _compute_tile(x_scaled, weight, rows, start, stop, margin, owned, pos, target.detach(), state, workspace)
-                probs = tile.logits.sub_(lse).exp_()
-            # Targets go through the margin's own derivative below, not through the GEMMs.
             sel = ((pos >= start) & (pos < stop)).nonzero().squeeze(1)
-            grad_target[sel] = probs[pos[sel] - start, owned[sel]] - 1.0
-            probs[pos[sel] - start, owned[sel]] = 0.0
-            probs.mul_(scale)
-            if tile.dlogits is not None:
-                probs.mul_(tile.dlogits)
-            if tile.best is not None:
-                probs = _to_subcenter_rows(probs, tile.best, k, workspace)
-            if normalize:
-                probs.mul_(tile.inv_norm[:, None])
+            at = (pos[sel] - start, owned[sel])
+            if tile.colmax is not None:  # fused: the probabilities, the scale and 1/|w| in one pass
+                probs = tile.logits
+                if kept:
+                    col = torch.exp(ctx.last_shift - lse)
+                    grad_target[sel] = probs[at] * col[at[1]] - 1.0
+                else:
+                    kernels.exp_shift(probs, lse, None)
+                    col = torch.ones_like(lse)
+                    grad_target[sel] = probs[at] - 1.0
+                probs[at] = 0.0  # targets go through the margin's own derivative below, not the GEMMs
+                kernels.scale_tile(probs, tile.inv_norm if normalize else None, col.mul_(scale))
+            else:
+                if kept:
+                    probs = tile.logits.mul_(torch.exp(ctx.last_shift - lse))
+                else:
+                    probs = tile.logits.sub_(lse).exp_()
+                # Targets go through the margin's own derivative below, not through the GEMMs.
+                grad_target[sel] = probs[at] - 1.0
+                probs[at] = 0.0
+                probs.mul_(scale)
+                if tile.dlogits is not None:
+                    probs.mul_(tile.dlogits)
+                if tile.best is not None:
+                    probs = _to_subcenter_rows(probs, tile.best, k, workspace)
+                if normalize:
+                    probs.mul_(tile.inv_norm[:, None])
             grad_x_scaled.addmm_(probs.t(), tile.w)
             grad_tile = grad_rows[start * k : stop * k]
             torch.mm(probs, x_scaled, out=grad_tile)
             if normalize:
                 # d/dw of (x' . w)/|w|: remove the component along w, as the norm's derivative does.
-                coef = _row_dot(tile.w, grad_tile, workspace).mul_(tile.inv_norm.square())
-                grad_tile.addcmul_(tile.w, coef[:, None], value=-1.0)
+                if kernels.applies(grad_tile, tile.w) and grad_tile.dtype == tile.w.dtype == torch.float32:
+                    kernels.project_rows(grad_tile, tile.w, tile.inv_norm)
+                else:
+                    coef = _row_dot(tile.w, grad_tile, workspace).mul_(tile.inv_norm.square())
+                    grad_tile.addcmul_(tile.w, coef[:, None], value=-1.0)
             del tile, probs
         grad_target.mul_(scale)
 
@@ -267,6 +293,8 @@ def _compute_tile(x_scaled, weight, rows, start, stop, margin, owned, pos, targe
     k = margin.subcenters
     n = (stop - start) * k
     ids = None if rows is None else class_row_ids(rows[start:stop], k)
+    if _fused(x_scaled, weight, margin):
+        return _compute_tile_fused(x_scaled, weight, ids, start, stop, margin, owned, pos, target, workspace)
     if weight.dtype != x_scaled.dtype:  # bf16 / fp16 storage: gather, then widen into the tile's dtype
         stored = weight[start * k : stop * k] if ids is None else torch.index_select(
             weight, 0, ids, out=workspace.get("tile_w_stored", (n, weight.shape[1]), dtype=weight.dtype, device=weight.device))
@@ -289,6 +317,39 @@ def _compute_tile(x_scaled, weight, rows, start, stop, margin, owned, pos, targe
     sel = ((pos >= start) & (pos < stop)).nonzero().squeeze(1)
     logits[pos[sel] - start, owned[sel]] = target[sel]
     return _Tile(start, stop, w, inv_norm, logits, best, dlogits)
+
+
+def _fused(x_scaled: torch.Tensor, weight: torch.Tensor, margin: Margin) -> bool:
+    """Whether a tile takes the fused CPU kernels (``partial_fc.kernels``): fp32 arithmetic on
+    CPU, fp32 or bf16 rows, one row per class and no transform of the negatives (the other
+    margins keep the eager path, whose per-tile hooks sit between the fused passes)."""
+    return (x_scaled.dtype == torch.float32 and weight.dtype in (torch.float32, torch.bfloat16)
+            and margin.subcenters == 1 and not margin.transforms_negatives and kernels.applies(x_scaled, weight))
+
+
+def _compute_tile_fused(x_scaled, weight, ids, start, stop, margin, owned, pos, target, workspace) -> _Tile:
+    """``_compute_tile`` in fused passes: the rows gathered (widened) with their inverse norms in
+    one, the logits scaled by them with the column max in another. The max leaves the target
+    entries out (set to -inf first) and then takes the margin targets written there."""
+    n, dim = stop - start, weight.shape[1]
+    inv_norm = x_scaled.new_empty(n) if margin.normalize_weight else None
+    if ids is None and weight.dtype == torch.float32:
+        w = weight[start:stop]
+        if inv_norm is not None:
+            kernels.gather_rows(w, None, None, inv_norm)
+    else:
+        w = workspace.get("tile_w", (n, dim), dtype=torch.float32, device=x_scaled.device)
+        kernels.gather_rows(weight if ids is not None else weight[start:stop], ids, w, inv_norm)
+    logits = torch.mm(w, x_scaled.t(), out=workspace.get("tile_logits", (n, x_scaled.shape[0]),
+                                                          dtype=torch.float32, device=x_scaled.device))
+    sel = ((pos >= start) & (pos < stop)).nonzero().squeeze(1)
+    at = (pos[sel] - start, owned[sel])
+    logits[at] = float("-inf")
+    colmax = x_scaled.new_empty(x_scaled.shape[0])
+    kernels.scale_colmax(logits, inv_norm, colmax)
+    logits[at] = target[sel]
+    colmax[at[1]] = torch.maximum(colmax[at[1]], target[sel])
+    return _Tile(start, stop, w, inv_norm, logits, colmax=colmax)
 
 
 def sharded_margin_ce(

@@ -34,6 +34,7 @@ from collections.abc import Iterable
 
 import torch
 
+from partial_fc import kernels
 from partial_fc.optim.quantized import read_rows, work_dtype
 from partial_fc.optim.row_sparse_base import (RowSparseOptimizer, check_range, get_rows, lane, noise_lanes, put_rows,
                                               sampled_rows)
@@ -75,6 +76,8 @@ class RowSparseSGD(RowSparseOptimizer):
         state = self._state(p) if mu else self.state[p]
         fmt = self._formats["momentum_buffer"]
         slot_w, slot_m, streams = noise_lanes(p.dtype != work_dtype(p), bool(mu) and fmt.rounds)
+        if self._fused_update(p, state if mu else None, rows, grads, key, streams, slot_w, slot_m, group):
+            return
         for lo, hi, idx in self._blocks(rows, grads):
             n = hi - lo
             g = self._grad_block(grads, lo, hi, p)
@@ -91,6 +94,39 @@ class RowSparseSGD(RowSparseOptimizer):
                 fmt.write(state, "momentum_buffer", idx, lo, hi, m, lane(noise, slot_m), self._scratch)
                 d = torch.add(d, m, alpha=mu, out=self._buffer("d", n, p)) if nesterov else m
             self._apply(p, idx, lo, hi, w, d, -lr, lane(noise, slot_w))
+
+
+    def _fused_update(self, p, state, rows, grads, key, streams, slot_w, slot_m, group) -> bool:
+        """All rows in one fused pass (``partial_fc.kernels``), through the row indices, with the
+        arithmetic and the noise of the blocks below (the same stored bits); False where the
+        kernels do not apply (CUDA, fp16 or fp64 rows, rounding to nearest, no compiler)."""
+        kind = None if state is None else _momentum_kind(state)
+        if p.dtype not in (torch.float32, torch.bfloat16) or kind == "other" or grads.dtype not in (torch.float32, torch.bfloat16):
+            return False
+        m = None if state is None else state.get("momentum_buffer", state.get("momentum_buffer_int8"))
+        if not kernels.applies(p, m, grads, rows) or p.dim() != 2:
+            return False
+        hyper = dict(lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
+                     nesterov=group["nesterov"])
+        if p.dtype == torch.float32 and kind in (None, "fp32") and grads.dtype == torch.float32:
+            kernels.sgd_rows(p, m, grads, rows, **hyper)
+        elif streams and self.rounding == "stochastic" and p.shape[1] <= kernels.COMPACT_MAX_D:
+            lo_hi = (0, grads.shape[0])
+            keys, salt = self._noise_keys(key, rows, *lo_hi, p, streams)
+            kernels.sgd_compact(p, m, None if kind != "int8" else state["momentum_buffer_scale"], grads, rows,
+                                keys=keys, salt=salt, lane_w=slot_w, lane_m=slot_m, **hyper)
+        else:
+            return False
+        torch.autograd.graph.increment_version(p)  # as an in-place torch op would
+        return True
+
+
+def _momentum_kind(state: dict) -> str:
+    """How the momentum is stored: fp32, bf16, int8 (with per-row scales), or other."""
+    m = state.get("momentum_buffer")
+    if m is None:
+        return "int8" if "momentum_buffer_int8" in state and "momentum_buffer_scale" in state else "other"
+    return {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(m.dtype, "other")
 
 
 class RowSparseAdamW(RowSparseOptimizer):

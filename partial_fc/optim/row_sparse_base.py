@@ -142,14 +142,19 @@ class RowSparseOptimizer(torch.optim.Optimizer):
         """The noise of the block's global rows, or None when nothing rounds."""
         if streams == 0 or self.rounding == "nearest":
             return None
+        keys, salt = self._noise_keys(key, idx, lo, hi, p, streams)
+        return BlockNoise(keys, salt, self._scratch.buffer("noise", (hi - lo, p.shape[1]), torch.int32, p.device))
+
+    def _noise_keys(self, key: int, idx: torch.Tensor | None, lo: int, hi: int, p: torch.Tensor,
+                    streams: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, streams) int32 keys of the block's global rows and the (D,) column salts."""
         local = torch.arange(lo, hi, device=p.device) if idx is None else idx
         if p in self._ids:  # staged rows of an offloaded table: their ids in the shard
             local = self._ids[p][local]
         salt = self._salts.get((p.shape[1], p.device))
         if salt is None:
             salt = self._salts[(p.shape[1], p.device)] = column_salt(p.shape[1], p.device)
-        buffer = self._scratch.buffer("noise", (hi - lo, p.shape[1]), torch.int32, p.device)
-        return BlockNoise(row_keys(key, local + self.row_offset, streams), salt, buffer)
+        return row_keys(key, local + self.row_offset, streams), salt
 
     def _apply(self, p: torch.Tensor, idx, lo: int, hi: int, w: torch.Tensor | None, update: torch.Tensor,
                alpha: float, noise: torch.Tensor | None) -> None:

@@ -10,7 +10,8 @@ Every term names the code it comes from, so a change there shows up here:
 - gradient rows: the S x K sampled rows' fp32 gradient (``grad_rows`` in the workspace; the
   sparse ``weight.grad`` shares its memory) and its int64 indices.
 - gathered embeddings: x and x' (B x D) in the forward, their gradients in the backward.
-- scratch: the optimizer's block buffers (``optim/scratch.py``; ``optimizer_block_bytes``),
+- scratch: the optimizer's block buffers (``optim/scratch.py``; ``optimizer_block_bytes``; none
+  for SGD with the fused CPU kernels, which update every row in one pass),
   ``_row_dot``'s (4096 x D) buffer, the sampling mask (1 byte per local class) and its hash blocks.
 - runtime: what the process holds besides tensors. On CPU, where bench head measures the
   resident set, this is the code pages, thread pools and gloo buffers: 97 MiB, measured with
@@ -107,11 +108,14 @@ def sampled_rows_estimate(local_classes: int, *, global_batch: int, classes: int
 def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sample_rate: float = 1.0,
                 state_dtype: str = "fp32", optim_state: str = "fp32", offload: str = "none", optim: str = "sgd",
                 momentum: bool = True, subcenters: int = 1, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                device: str = "cuda", runtime_bytes: int | None = None) -> Plan:
+                device: str = "cuda", runtime_bytes: int | None = None, cpu_kernels: bool | None = None) -> Plan:
     """Predicted peak memory of one rank (the one with the most classes) during a training step.
 
     batch_size is per rank (B = batch_size x world_size); ``momentum`` False means plain SGD
     with no state. ``runtime_bytes`` overrides the per-device allowance (see the module doc).
+    ``cpu_kernels``: whether a CPU step runs the fused kernels (``partial_fc.kernels``; None:
+    whether they are available here); they need no optimizer block buffers for SGD and no
+    stored-dtype tile buffer.
     """
     for name, value in (("classes", classes), ("dim", dim), ("world_size", world_size),
                         ("batch_size", batch_size), ("subcenters", subcenters), ("chunk_size", chunk_size)):
@@ -126,6 +130,11 @@ def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sam
     _check_choice("optim", optim, OPTIMIZERS)
     _check_choice("device", device, DEVICES)
 
+    if device == "cpu" and cpu_kernels is None:
+        from partial_fc import kernels  # builds them on first use: only for a CPU plan
+        cpu_kernels = kernels.enabled()
+    fused = device == "cpu" and bool(cpu_kernels)
+    fused_sgd = fused and optim == "sgd" and state_dtype in ("fp32", "bf16")
     k, f32 = subcenters, 4
     local = -(-classes // world_size)  # partial_fc.head.ranges: the first C mod N shards get one more
     big_b = batch_size * world_size
@@ -155,11 +164,17 @@ def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sam
     terms["gradient rows"] = sampled * k * (dim * f32 + 8) + (sampled * 8 if sample_rate < 1.0 else 0)
     if narrow:
         terms["stored-dtype gradient rows"] = sampled * k * (dim * narrow + 8)
-        terms["stored-dtype tile rows"] = tile_rows * dim * narrow if sample_rate < 1.0 and offload == "none" else 0
+        gathered_narrow = sample_rate < 1.0 and offload == "none" and not (fused and k == 1 and state_dtype == "bf16")
+        terms["stored-dtype tile rows"] = tile_rows * dim * narrow if gathered_narrow else 0
     terms["gathered embeddings"] = 4 * big_b * dim * f32 + 2 * batch_size * dim * f32
     block = min(_OPTIM_BLOCK_ROWS, sampled * k)
-    terms["scratch"] = (optimizer_block_bytes(block, dim, optim=optim, state_dtype=state_dtype, optim_state=optim_state,
-                                              momentum=momentum)
+    if fused_sgd:  # one pass over all rows, no block buffers: the noise keys of the rows and their ids
+        streams = int(state_dtype != "fp32") + int(momentum and optim_state != "fp32")
+        optimizer_scratch = sampled * k * (4 * streams + 16) if streams else 0
+    else:
+        optimizer_scratch = optimizer_block_bytes(block, dim, optim=optim, state_dtype=state_dtype,
+                                                  optim_state=optim_state, momentum=momentum)
+    terms["scratch"] = (optimizer_scratch
                         + min(_ROW_DOT_BLOCK, tile_rows) * dim * f32 + local + 3 * min(_HASH_BLOCK, local) * 8)
     terms["runtime"] = runtime_bytes if runtime_bytes is not None else (
         CUDA_RESERVE_BYTES if device == "cuda" else CPU_RUNTIME_ANON_BYTES if offload == "mmap" else CPU_RUNTIME_BYTES)
