@@ -237,7 +237,13 @@ class ShardedMarginCE(torch.autograd.Function):
         grad_weight = None
         if ctx.needs_input_grad[2]:
             indices = class_row_ids(rows, k) if rows is not None else torch.arange(weight.shape[0], device=weight.device)
-            grad_weight = torch.sparse_coo_tensor(indices[None], grad_rows, weight.shape, is_coalesced=True, check_invariants=False)
+            values = grad_rows
+            if weight.dtype != grad_rows.dtype and weight.grad is None:
+                # autograd would cast the rows to the leaf's dtype into fresh memory each step (the
+                # same rounding to nearest); a reused buffer spares the allocation and its page faults
+                values = workspace.get("grad_rows_stored", tuple(grad_rows.shape), dtype=weight.dtype,
+                                       device=weight.device).copy_(grad_rows)
+            grad_weight = torch.sparse_coo_tensor(indices[None], values, weight.shape, is_coalesced=True, check_invariants=False)
         grads = (grad_x, grad_x_scaled, grad_weight, None, None, None, None, None, None, None, None)
         if not ctx.has_scale:
             return grads

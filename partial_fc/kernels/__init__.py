@@ -192,6 +192,19 @@ def _check(t: torch.Tensor, dtype: torch.dtype, name: str) -> None:
                          f"(contiguous={t.is_contiguous()})")
 
 
+def _check_rows(table: torch.Tensor, idx: torch.Tensor | None, n: int, d: int, name: str) -> None:
+    """The kernels index raw memory: n row ids (or the first n rows) inside a (rows, d) table."""
+    if table.dim() != 2 or table.shape[1] != d:
+        raise ValueError(f"{name} must have rows of width {d}, got shape {tuple(table.shape)}")
+    if idx is None:
+        if n > table.shape[0]:
+            raise ValueError(f"{n} rows asked of {name} with {table.shape[0]}")
+    elif idx.dim() != 1 or idx.shape[0] != n:
+        raise ValueError(f"idx must hold {n} row ids, got shape {tuple(idx.shape)}")
+    elif n and (int(idx.min()) < 0 or int(idx.max()) >= table.shape[0]):
+        raise ValueError(f"idx must be in [0, {table.shape[0]}) for {name}, got [{int(idx.min())}, {int(idx.max())}]")
+
+
 def sgd_rows(w: torch.Tensor, m: torch.Tensor | None, g: torch.Tensor, idx: torch.Tensor | None, *, lr: float,
              momentum: float, weight_decay: float, nesterov: bool) -> None:
     """SGD (momentum, coupled decay) on rows ``idx`` (distinct; None: the first ``g.shape[0]``
@@ -203,6 +216,9 @@ def sgd_rows(w: torch.Tensor, m: torch.Tensor | None, g: torch.Tensor, idx: torc
     if idx is not None:
         _check(idx, torch.int64, "idx")
     n, d = g.shape
+    _check_rows(w, idx, n, d, "w")
+    if m is not None and m.shape != w.shape:
+        raise ValueError(f"m must be shaped like w {tuple(w.shape)}, got {tuple(m.shape)}")
     _load().pfc_sgd_f32(w.data_ptr(), _ptr(m), g.data_ptr(), _ptr(idx), n, d, -lr, momentum, weight_decay,
                         int(nesterov), _threads())
 
@@ -221,6 +237,9 @@ def gather_rows(src: torch.Tensor, idx: torch.Tensor | None, out: torch.Tensor |
     if idx is not None:
         _check(idx, torch.int64, "idx")
     n = idx.shape[0] if idx is not None else (out.shape[0] if out is not None else src.shape[0])
+    _check_rows(src, idx, n, src.shape[1], "src")
+    if (out is not None and tuple(out.shape) != (n, src.shape[1])) or (inv_norm is not None and inv_norm.numel() != n):
+        raise ValueError(f"out must be ({n}, {src.shape[1]}) and inv_norm ({n},)")
     _load().pfc_gather_rows(src.data_ptr(), _ptr(idx), n, src.shape[1], int(src.dtype == torch.bfloat16), _ptr(out),
                             _ptr(inv_norm), _threads())
 
@@ -285,7 +304,12 @@ def sgd_compact(w: torch.Tensor, m: torch.Tensor | None, m_scale: torch.Tensor |
     if idx is not None:
         _check(idx, torch.int64, "idx")
     n, d = g.shape
-    if keys.shape[0] != n or salt.shape[0] != d:
+    _check_rows(w, idx, n, d, "w")
+    if m is not None and m.shape != w.shape:
+        raise ValueError(f"m must be shaped like w {tuple(w.shape)}, got {tuple(m.shape)}")
+    if m is not None and m.dtype == torch.int8 and m_scale.shape != (w.shape[0],):
+        raise ValueError(f"m_scale must hold one scale per row ({w.shape[0]},), got {tuple(m_scale.shape)}")
+    if keys.dim() != 2 or keys.shape[0] != n or salt.shape[0] != d:
         raise ValueError(f"keys must be ({n}, streams) and salt ({d},), got {tuple(keys.shape)} and {tuple(salt.shape)}")
     done = _load().pfc_sgd_compact(
         w.data_ptr(), int(w.dtype == torch.bfloat16), _ptr(m), _M_KINDS[None if m is None else m.dtype], _ptr(m_scale),

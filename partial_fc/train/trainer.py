@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from partial_fc import kernels
 from partial_fc.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from partial_fc.comm import Collectives, make_collectives
 from partial_fc.config import dump_yaml, to_dict
@@ -234,6 +235,8 @@ def _setup(cfg: TrainConfig, *, resume: str | None) -> Run:
              f"lr {the_plan.lr:g}, {the_plan.total_steps} steps ({the_plan.steps_per_epoch}/epoch)")
     if memory_note:
         log.info(memory_note)
+    if run.head is not None and torch.device(device).type == "cpu":
+        log.info(f"head step on CPU: {kernels.describe()}")
     if run.offloaded:
         table, weight = run.head.weight.row_table, run.head.weight
         size = weight.shape[0] * bytes_per_row(dim=weight.shape[1], optim=cfg.optim.name, weight_dtype=cfg.head.state_dtype,
