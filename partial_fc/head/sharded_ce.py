@@ -242,7 +242,11 @@ class ShardedMarginCE(torch.autograd.Function):
                 # autograd would cast the rows to the leaf's dtype into fresh memory each step (the
                 # same rounding to nearest); a reused buffer spares the allocation and its page faults
                 values = workspace.get("grad_rows_stored", tuple(grad_rows.shape), dtype=weight.dtype,
-                                       device=weight.device).copy_(grad_rows)
+                                       device=weight.device)
+                if weight.dtype == torch.bfloat16 and kernels.applies(grad_rows, values):
+                    kernels.to_bf16(grad_rows, values)
+                else:
+                    values.copy_(grad_rows)
             grad_weight = torch.sparse_coo_tensor(indices[None], values, weight.shape, is_coalesced=True, check_invariants=False)
         grads = (grad_x, grad_x_scaled, grad_weight, None, None, None, None, None, None, None, None)
         if not ctx.has_scale:

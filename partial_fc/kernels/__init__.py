@@ -52,6 +52,7 @@ _SIGNATURES = {
     "pfc_exp_shift": (_p, _p, _i64, _i64, _p, _int),
     "pfc_scale_tile": (_p, _p, _p, _i64, _i64, _int),
     "pfc_project_rows": (_p, _p, _p, _i64, _i64, _int),
+    "pfc_to_bf16": (_p, _p, _i64, _int),
     "pfc_sgd_compact": (_p, _int, _p, _int, _p, _p, _int, _p, _i64, _i64, _f32, _f32, _f32, _int, _f32, _p, _int,
                         _int, _int, _p, _int),
 }
@@ -318,3 +319,14 @@ def sgd_compact(w: torch.Tensor, m: torch.Tensor | None, m_scale: torch.Tensor |
         salt.data_ptr(), _threads())
     if done != 0:
         raise ValueError(f"rows of width {d} exceed the fused update's {COMPACT_MAX_D}")
+
+
+def to_bf16(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out.copy_(src)`` for fp32 ``src`` and bf16 ``out``: the same bits (to nearest, ties to
+    even; a NaN stays a NaN), in one pass."""
+    _check(src, torch.float32, "src")
+    _check(out, torch.bfloat16, "out")
+    if out.shape != src.shape:
+        raise ValueError(f"out must be shaped like src {tuple(src.shape)}, got {tuple(out.shape)}")
+    _load().pfc_to_bf16(src.data_ptr(), out.data_ptr(), src.numel(), _threads())
+    return out

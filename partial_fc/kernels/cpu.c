@@ -382,14 +382,19 @@ static void compact_range(const void *ctx, int64_t lo, int64_t hi) {
             } else {
                 int8_t *q = (int8_t *)s->m + r * d;
                 const float old_scale = s->m_scale[r];
-                float hi_v = -INFINITY, lo_v = INFINITY;
+                /* max |v| (the eager max(amax, -amin), exactly) as the largest magnitude bit
+                 * pattern: non-negative floats order as their bits, and an integer max vectorises */
+                uint32_t top = 0;
                 for (int64_t j = 0; j < d; j++) {
                     float v = fmaf((float)q[j] * old_scale, s->mu, df[j]);
                     mf[j] = v;
-                    hi_v = v > hi_v ? v : hi_v;
-                    lo_v = v < lo_v ? v : lo_v;
+                    uint32_t bits;
+                    memcpy(&bits, &v, sizeof bits);
+                    bits &= 0x7fffffffu;
+                    top = bits > top ? bits : top;
                 }
-                float absmax = hi_v > -lo_v ? hi_v : -lo_v;
+                float absmax;
+                memcpy(&absmax, &top, sizeof absmax);
                 const float scale = (absmax > 1e-30f ? absmax : 1e-30f) * s->int8_scale;
                 const uint32_t key = keys[s->lane_m];
                 for (int64_t j = 0; j < d; j++) {
@@ -432,4 +437,28 @@ int pfc_sgd_compact(void *w, int w_bf16, void *m, int m_kind, float *m_scale, co
                         w_bf16, g_bf16, m_kind, nesterov, streams, lane_w, lane_m};
     parallel(compact_range, &s, n, threads, 256, 1);
     return 0;
+}
+
+/* ---- fp32 -> bf16, rounded to nearest (ties to even), as torch's cast; NaN -> a NaN (0xffff) ---- */
+
+struct narrow {
+    const float *src;
+    uint16_t *dst;
+};
+
+static void narrow_range(const void *ctx, int64_t lo, int64_t hi) {
+    const struct narrow *s = (const struct narrow *)ctx;
+    const float *restrict src = s->src;
+    uint16_t *restrict dst = s->dst;
+    for (int64_t i = lo; i < hi; i++) {
+        uint32_t bits;
+        memcpy(&bits, &src[i], sizeof bits);
+        uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+        dst[i] = (uint16_t)((bits & 0x7fffffffu) > 0x7f800000u ? 0xffffu : rounded);
+    }
+}
+
+void pfc_to_bf16(const float *src, uint16_t *dst, int64_t n, int threads) {
+    struct narrow s = {src, dst};
+    parallel(narrow_range, &s, n, threads, 1 << 16, 64);
 }

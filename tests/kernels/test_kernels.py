@@ -159,3 +159,16 @@ def test_a_build_lands_in_the_cache_directory_once(tmp_path):
     assert len(built) == 1 and built[0].name.startswith("cpu-") and built[0].suffix == ".so"
     again = _probe({"PARTIAL_FC_KERNEL_DIR": str(tmp_path)})
     assert again.stdout.strip() == "fused CPU kernels" and list(tmp_path.iterdir()) == built
+
+
+def test_to_bf16_is_torchs_cast_bit_for_bit():
+    x = torch.randn(100_000, generator=_gen(13)) * torch.logspace(-40, 38, 100_000)
+    ties = (torch.arange(1, 2000, dtype=torch.int32) << 16 | 0x8000).view(torch.float32)  # exactly halfway
+    special = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), 3.3895e38, -3.3895e38, 1e-45])
+    for src in (x, ties, special):
+        out = torch.empty(src.shape, dtype=torch.bfloat16)
+        kernels.to_bf16(src, out)
+        assert torch.equal(out.view(torch.int16), src.to(torch.bfloat16).view(torch.int16))
+    nan = torch.empty(1, dtype=torch.bfloat16)
+    kernels.to_bf16(torch.tensor([float("nan")]), nan)  # torch's own NaN pattern differs by path
+    assert nan.isnan().all()
