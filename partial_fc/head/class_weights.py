@@ -18,7 +18,7 @@ from partial_fc.head.ranges import class_range
 from partial_fc.head.row_init import BLOCK_ROWS, init_class_rows
 from partial_fc.head.storage import WEIGHT_STORAGE
 
-DEFAULT_CHUNK_SIZE = 65536
+DEFAULT_CHUNK_SIZE = 262144  # one tile up to 262,144 sampled rows: tiles past the first are recomputed in the backward
 
 
 def check_state_dtype(state_dtype: str) -> None:
