@@ -101,6 +101,9 @@ class ShardedMarginCE(torch.autograd.Function):
         k = margin.subcenters
         chunk_size = max(1, chunk_size // k)  # classes per tile: at most chunk_size rows
         num_sampled = weight.shape[0] // k if rows is None else rows.shape[0]
+        # equal tiles: the one kept for the backward is as large as the others, so the fewest
+        # rows are recomputed ((n - 1) / n of them with n tiles, not all but a remainder)
+        chunk_size = max(1, -(-num_sampled // -(-num_sampled // chunk_size)))
         owned = (target_pos >= 0).nonzero().squeeze(1)
         pos = target_pos[owned]
         x_own, w_own = x[owned], _take_rows(weight, rows, pos, k)

@@ -69,6 +69,7 @@ def test_modern_margin_keeps_its_stated_number_of_tiles(case, sample_rate):
     # the shard (K rows per class) and its gradient rows
     assert small.largest <= 1003 * head.margin.subcenters * DIM
     assert x.grad is not None and torch.isfinite(x.grad).all()
-    # four times the classes, the same peak: nothing grows with the class count
+    # four times the classes, within the same bound: nothing grows with the class count (the
+    # tiles are equal parts of S, so their size moves a little with S, never past chunk_size)
     large, _, _ = run(name, params, 4 * 1003, sample_rate)
-    assert large.peak_logits == small.peak_logits
+    assert BATCH * (CHUNK // 2) <= large.peak_logits <= bound(name, params)
