@@ -159,12 +159,12 @@ def describe() -> str:
 @contextlib.contextmanager
 def enabled_as(flag: bool):
     """Use (True) or bypass (False) the kernels inside the block; for A/B tests and benchmarks."""
-    global _override
-    previous, _override = _override, flag
+    previous = _override
+    force(flag)
     try:
         yield
     finally:
-        _override = previous
+        force(previous)
 
 
 def force(flag: bool | None) -> None:
@@ -202,8 +202,22 @@ def _check_rows(table: torch.Tensor, idx: torch.Tensor | None, n: int, d: int, n
             raise ValueError(f"{n} rows asked of {name} with {table.shape[0]}")
     elif idx.dim() != 1 or idx.shape[0] != n:
         raise ValueError(f"idx must hold {n} row ids, got shape {tuple(idx.shape)}")
-    elif n and (int(idx.min()) < 0 or int(idx.max()) >= table.shape[0]):
-        raise ValueError(f"idx must be in [0, {table.shape[0]}) for {name}, got [{int(idx.min())}, {int(idx.max())}]")
+    elif n:
+        low, high = (int(v) for v in torch.aminmax(idx))  # one pass over the ids
+        if low < 0 or high >= table.shape[0]:
+            raise ValueError(f"idx must be in [0, {table.shape[0]}) for {name}, got [{low}, {high}]")
+
+
+def _check_update(w: torch.Tensor, m: torch.Tensor | None, g: torch.Tensor, idx: torch.Tensor | None) -> tuple[int, int]:
+    """What both SGD kernels need of their rows: (n, d) of the gradient rows g, ids of w's rows
+    (contiguous int64) and a momentum m shaped like w."""
+    if idx is not None:
+        _check(idx, torch.int64, "idx")
+    n, d = g.shape
+    _check_rows(w, idx, n, d, "w")
+    if m is not None and m.shape != w.shape:
+        raise ValueError(f"m must be shaped like w {tuple(w.shape)}, got {tuple(m.shape)}")
+    return n, d
 
 
 def sgd_rows(w: torch.Tensor, m: torch.Tensor | None, g: torch.Tensor, idx: torch.Tensor | None, *, lr: float,
@@ -214,12 +228,7 @@ def sgd_rows(w: torch.Tensor, m: torch.Tensor | None, g: torch.Tensor, idx: torc
     _check(g, torch.float32, "g")
     if m is not None:
         _check(m, torch.float32, "m")
-    if idx is not None:
-        _check(idx, torch.int64, "idx")
-    n, d = g.shape
-    _check_rows(w, idx, n, d, "w")
-    if m is not None and m.shape != w.shape:
-        raise ValueError(f"m must be shaped like w {tuple(w.shape)}, got {tuple(m.shape)}")
+    n, d = _check_update(w, m, g, idx)
     _load().pfc_sgd_f32(w.data_ptr(), _ptr(m), g.data_ptr(), _ptr(idx), n, d, -lr, momentum, weight_decay,
                         int(nesterov), _threads())
 
@@ -302,12 +311,7 @@ def sgd_compact(w: torch.Tensor, m: torch.Tensor | None, m_scale: torch.Tensor |
         _check(m_scale, torch.float32, "m_scale")
     _check(keys, torch.int32, "keys")
     _check(salt, torch.int32, "salt")
-    if idx is not None:
-        _check(idx, torch.int64, "idx")
-    n, d = g.shape
-    _check_rows(w, idx, n, d, "w")
-    if m is not None and m.shape != w.shape:
-        raise ValueError(f"m must be shaped like w {tuple(w.shape)}, got {tuple(m.shape)}")
+    n, d = _check_update(w, m, g, idx)
     if m is not None and m.dtype == torch.int8 and m_scale.shape != (w.shape[0],):
         raise ValueError(f"m_scale must hold one scale per row ({w.shape[0]},), got {tuple(m_scale.shape)}")
     if keys.dim() != 2 or keys.shape[0] != n or salt.shape[0] != d:

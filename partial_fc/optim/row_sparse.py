@@ -35,7 +35,7 @@ from collections.abc import Iterable
 import torch
 
 from partial_fc import kernels
-from partial_fc.optim.quantized import read_rows, work_dtype
+from partial_fc.optim.quantized import SignedInt8State, read_rows, work_dtype
 from partial_fc.optim.row_sparse_base import (RowSparseOptimizer, check_range, get_rows, lane, noise_lanes, put_rows,
                                               sampled_rows)
 
@@ -100,33 +100,26 @@ class RowSparseSGD(RowSparseOptimizer):
         """All rows in one fused pass (``partial_fc.kernels``), through the row indices, with the
         arithmetic and the noise of the blocks below (the same stored bits); False where the
         kernels do not apply (CUDA, fp16 or fp64 rows, rounding to nearest, no compiler)."""
-        kind = None if state is None else _momentum_kind(state)
-        if p.dtype not in (torch.float32, torch.bfloat16) or kind == "other" or grads.dtype not in (torch.float32, torch.bfloat16):
+        if p.dtype not in (torch.float32, torch.bfloat16) or grads.dtype not in (torch.float32, torch.bfloat16):
             return False
-        m = None if state is None else state.get("momentum_buffer", state.get("momentum_buffer_int8"))
-        if not kernels.applies(p, m, grads, rows) or p.dim() != 2:
+        m = scale = None
+        if state is not None:  # in this optimizer's format (``_state`` converted it)
+            int8 = isinstance(self._formats["momentum_buffer"], SignedInt8State)
+            m = state["momentum_buffer_int8" if int8 else "momentum_buffer"]
+            scale = state["momentum_buffer_scale"] if int8 else None
+        if p.dim() != 2 or not kernels.applies(p, m, grads, rows):
             return False
         hyper = dict(lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
                      nesterov=group["nesterov"])
-        if p.dtype == torch.float32 and kind in (None, "fp32") and grads.dtype == torch.float32:
+        if not streams and grads.dtype == torch.float32:  # fp32 rows and state: nothing rounds
             kernels.sgd_rows(p, m, grads, rows, **hyper)
         elif streams and self.rounding == "stochastic" and p.shape[1] <= kernels.COMPACT_MAX_D:
-            lo_hi = (0, grads.shape[0])
-            keys, salt = self._noise_keys(key, rows, *lo_hi, p, streams)
-            kernels.sgd_compact(p, m, None if kind != "int8" else state["momentum_buffer_scale"], grads, rows,
-                                keys=keys, salt=salt, lane_w=slot_w, lane_m=slot_m, **hyper)
+            keys, salt = self._noise_keys(key, rows, 0, grads.shape[0], p, streams)
+            kernels.sgd_compact(p, m, scale, grads, rows, keys=keys, salt=salt, lane_w=slot_w, lane_m=slot_m, **hyper)
         else:
             return False
         torch.autograd.graph.increment_version(p)  # as an in-place torch op would
         return True
-
-
-def _momentum_kind(state: dict) -> str:
-    """How the momentum is stored: fp32, bf16, int8 (with per-row scales), or other."""
-    m = state.get("momentum_buffer")
-    if m is None:
-        return "int8" if "momentum_buffer_int8" in state and "momentum_buffer_scale" in state else "other"
-    return {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(m.dtype, "other")
 
 
 class RowSparseAdamW(RowSparseOptimizer):

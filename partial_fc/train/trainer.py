@@ -235,7 +235,7 @@ def _setup(cfg: TrainConfig, *, resume: str | None) -> Run:
              f"lr {the_plan.lr:g}, {the_plan.total_steps} steps ({the_plan.steps_per_epoch}/epoch)")
     if memory_note:
         log.info(memory_note)
-    if run.head is not None and torch.device(device).type == "cpu":
+    if run.head is not None and device.type == "cpu":
         log.info(f"head step on CPU: {kernels.describe()}")
     if run.offloaded:
         table, weight = run.head.weight.row_table, run.head.weight
