@@ -47,6 +47,8 @@ from partial_fc.comm.collectives import Collectives
 from partial_fc.head.margins.base import EPS, Margin, overrides, row_norm
 from partial_fc.head.workspace import Workspace
 
+GATHER_BLOCK_BYTES = 1 << 19
+
 
 def target_cosines(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """cos theta, |x|, |w| of k samples x (k, D) with their class centers w (k, D), or with
@@ -91,6 +93,10 @@ class _Tile:
     best: torch.Tensor | None = None     # (c, B) arg-max sub-center (K > 1)
     dlogits: torch.Tensor | None = None  # (c, B) derivative of margin.negative_logits
     colmax: torch.Tensor | None = None   # (B,) the tile's column max, from the fused passes
+    # fused tiles gather their rows block by block (``_row_blocks``) and keep none: w is None
+    # and the backward gathers each block again from src (rows ids, or rows start.. of src)
+    src: torch.Tensor | None = None
+    ids: torch.Tensor | None = None
 
 
 class ShardedMarginCE(torch.autograd.Function):
@@ -220,8 +226,16 @@ class ShardedMarginCE(torch.autograd.Function):
                     probs = _to_subcenter_rows(probs, tile.best, k, workspace)
                 if normalize:
                     probs.mul_(tile.inv_norm[:, None])
-            grad_x_scaled.addmm_(probs.t(), tile.w)
             grad_tile = grad_rows[start * k : stop * k]
+            if tile.w is None:  # fused: both GEMMs and the projection block by block, the rows in cache
+                for lo, hi, w in _row_blocks(tile, None, workspace):
+                    grad_x_scaled.addmm_(probs[lo:hi].t(), w)
+                    torch.mm(probs[lo:hi], x_scaled, out=grad_tile[lo:hi])
+                    if normalize:
+                        kernels.project_rows(grad_tile[lo:hi], w, tile.inv_norm[lo:hi])
+                del tile, probs
+                continue
+            grad_x_scaled.addmm_(probs.t(), tile.w)
             torch.mm(probs, x_scaled, out=grad_tile)
             if normalize:
                 # d/dw of (x' . w)/|w|: remove the component along w, as the norm's derivative does.
@@ -344,17 +358,12 @@ def _compute_tile_fused(x_scaled, weight, ids, start, stop, margin, owned, pos, 
     """``_compute_tile`` in fused passes: the rows gathered (widened) with their inverse norms in
     one, the logits scaled by them with the column max in another. The max leaves the target
     entries out (set to -inf first) and then takes the margin targets written there."""
-    n, dim = stop - start, weight.shape[1]
+    n = stop - start
     inv_norm = x_scaled.new_empty(n) if margin.normalize_weight else None
-    if ids is None and weight.dtype == torch.float32:
-        w = weight[start:stop]
-        if inv_norm is not None:
-            kernels.gather_rows(w, None, None, inv_norm)
-    else:
-        w = workspace.get("tile_w", (n, dim), dtype=torch.float32, device=x_scaled.device)
-        kernels.gather_rows(weight if ids is not None else weight[start:stop], ids, w, inv_norm)
-    logits = torch.mm(w, x_scaled.t(), out=workspace.get("tile_logits", (n, x_scaled.shape[0]),
-                                                          dtype=torch.float32, device=x_scaled.device))
+    logits = workspace.get("tile_logits", (n, x_scaled.shape[0]), dtype=torch.float32, device=x_scaled.device)
+    tile = _Tile(start, stop, None, inv_norm, logits, src=weight if ids is not None else weight[start:stop], ids=ids)
+    for lo, hi, w in _row_blocks(tile, inv_norm, workspace):
+        torch.mm(w, x_scaled.t(), out=logits[lo:hi])
     sel = ((pos >= start) & (pos < stop)).nonzero().squeeze(1)
     at = (pos[sel] - start, owned[sel])
     logits[at] = float("-inf")
@@ -362,7 +371,37 @@ def _compute_tile_fused(x_scaled, weight, ids, start, stop, margin, owned, pos, 
     kernels.scale_colmax(logits, inv_norm, colmax)
     logits[at] = target[sel]
     colmax[at[1]] = torch.maximum(colmax[at[1]], target[sel])
-    return _Tile(start, stop, w, inv_norm, logits, colmax=colmax)
+    tile.colmax = colmax
+    return tile
+
+
+def gather_block_rows(dim: int) -> int:
+    """Rows per gathered block of a fused tile: 512 KiB of fp32 rows, which stay in the core's
+    cache from the gather through the GEMMs that read them (and, in the backward, the
+    projection of the gradient rows the second GEMM has just written)."""
+    return max(1, GATHER_BLOCK_BYTES // (4 * dim))
+
+
+def _row_blocks(tile: _Tile, inv_norm: torch.Tensor | None, workspace: Workspace):
+    """(lo, hi, rows) over a fused tile's rows in blocks of ``gather_block_rows``: rows is the
+    (hi - lo, D) fp32 block, a view of an fp32 source read in place or gathered (widened) into
+    one reused buffer; inv_norm given: 1/|w| of each block written into inv_norm[lo:hi]."""
+    src, ids, n = tile.src, tile.ids, tile.stop - tile.start
+    direct = ids is None and src.dtype == torch.float32
+    block = gather_block_rows(src.shape[1])
+    buf = None if direct else workspace.get("tile_w", (min(n, block), src.shape[1]), dtype=torch.float32,
+                                            device=src.device)
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        norms = None if inv_norm is None else inv_norm[lo:hi]
+        if direct:
+            rows = src[lo:hi]
+            if norms is not None:
+                kernels.gather_rows(rows, None, None, norms)
+        else:
+            rows = buf[: hi - lo]
+            kernels.gather_rows(src if ids is not None else src[lo:hi], None if ids is None else ids[lo:hi], rows, norms)
+        yield lo, hi, rows
 
 
 def sharded_margin_ce(

@@ -6,7 +6,8 @@ Every term names the code it comes from, so a change there shows up here:
   ``optim/row_sparse.py`` (SGD: one momentum buffer; AdamW: two moments + a per-row step count).
 - logit tile: ``sharded_ce._compute_tile``, (tile rows x B) fp32 in the workspace; the last tile
   is kept for the backward, the others recomputed, so one is alive.
-- tile rows: the sampled rows gathered for the tile (``tile_w``), only when sampling (r < 1).
+- tile rows: the sampled rows gathered for the tile (``tile_w``), only when sampling (r < 1);
+  with the fused CPU kernels one block of them (``sharded_ce.gather_block_rows``, 512 KiB).
 - gradient rows: the S x K sampled rows' fp32 gradient (``grad_rows`` in the workspace; the
   sparse ``weight.grad`` shares its memory) and its int64 indices.
 - gathered embeddings: x and x' (B x D) in the forward, their gradients in the backward.
@@ -52,6 +53,7 @@ CPU_RUNTIME_BYTES = 97 * 1024**2
 CPU_RUNTIME_ANON_BYTES = 67 * 1024**2  # its anonymous part: the mmap bench's RssAnon, same measurement
 CUDA_RESERVE_BYTES = 1024**3
 DEFAULT_CHUNK_SIZE = 262144  # partial_fc.head.partial_fc.DEFAULT_CHUNK_SIZE (not imported: keeps plan light)
+_GATHER_BLOCK_BYTES = 1 << 19  # partial_fc.head.sharded_ce.GATHER_BLOCK_BYTES
 _OPTIM_BLOCK_ROWS = 4096  # RowSparse* block_rows default
 _ROW_DOT_BLOCK = 4096  # sharded_ce._row_dot
 _HASH_BLOCK = 65536  # hashing.uniform_below
@@ -156,11 +158,11 @@ def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sam
             terms["host table"] = table
     terms["logit tile"] = tile_rows * big_b * f32
     # a tile's rows are gathered into tile_w when sampling; an offloaded head's staged rows are
-    # already contiguous, so its fp32 tiles are views of them and only a narrow table widens
-    if offload == "none":
-        terms["tile rows"] = tile_rows * dim * f32 if sample_rate < 1.0 else 0
-    else:
-        terms["tile rows"] = tile_rows * dim * f32 if narrow else 0
+    # already contiguous, so its fp32 tiles are views of them and only a narrow table widens.
+    # The fused CPU tiles gather one block of rows at a time (sharded_ce.gather_block_rows).
+    gathered_rows = min(tile_rows, max(1, _GATHER_BLOCK_BYTES // (f32 * dim))) if fused and k == 1 else tile_rows
+    gathers = sample_rate < 1.0 if offload == "none" else bool(narrow)
+    terms["tile rows"] = gathered_rows * dim * f32 if gathers else 0
     terms["gradient rows"] = sampled * k * (dim * f32 + 8) + (sampled * 8 if sample_rate < 1.0 else 0)
     if narrow:
         terms["stored-dtype gradient rows"] = sampled * k * (dim * narrow + 8)
@@ -175,7 +177,8 @@ def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sam
         optimizer_scratch = optimizer_block_bytes(block, dim, optim=optim, state_dtype=state_dtype,
                                                   optim_state=optim_state, momentum=momentum)
     terms["scratch"] = (optimizer_scratch
-                        + min(_ROW_DOT_BLOCK, tile_rows) * dim * f32 + local + 3 * min(_HASH_BLOCK, local) * 8)
+                        + (0 if fused and k == 1 else min(_ROW_DOT_BLOCK, tile_rows) * dim * f32)  # fused: a kernel
+                        + local + 3 * min(_HASH_BLOCK, local) * 8)
     terms["runtime"] = runtime_bytes if runtime_bytes is not None else (
         CUDA_RESERVE_BYTES if device == "cuda" else CPU_RUNTIME_ANON_BYTES if offload == "mmap" else CPU_RUNTIME_BYTES)
     return Plan(classes=classes, dim=dim, world_size=world_size, batch_size=batch_size, sample_rate=sample_rate,

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from partial_fc import PartialFC, kernels, margins
+from partial_fc.head import sharded_ce
 from partial_fc.head.sharded_ce import _fused
 from partial_fc.optim import RowSparseSGD, store_weight_as
 from tests.distributed import at_world_sizes
@@ -71,20 +72,49 @@ C, D, B = 1003, 40, 12
 RATES = (1.0, 0.3)  # every class (tiles are views of the shard) and sampled (gathered rows)
 
 
+BLOCK_ROWS = 7  # gathered rows per block in the "blocks" runs: several per 97-row tile, the last one short
+
+
 def _head_results(rank: int, world_size: int) -> dict:
     x, labels = global_batch(C, D, B)
     b = B // world_size
     out = {}
-    for (name, params), rate, dtype in itertools.product(MARGINS.items(), RATES, (torch.float32, torch.float64)):
+    default_block = sharded_ce.GATHER_BLOCK_BYTES
+    for (name, params), rate, kind in itertools.product(MARGINS.items(), RATES, ("fp32", "blocks", "fp64")):
+        dtype = torch.float64 if kind == "fp64" else torch.float32
+        sharded_ce.GATHER_BLOCK_BYTES = BLOCK_ROWS * 4 * D if kind == "blocks" else default_block
         head = PartialFC(C, D, margin=margins.build(name, **params), sample_rate=rate, seed=SEED, chunk_size=97,
                          init_std=INIT_STD, backbone_grad_average=False).to(dtype)
         head.step = STEP
         x_local = x[rank * b:(rank + 1) * b].to(dtype).requires_grad_()
         loss = head(x_local, labels[rank * b:(rank + 1) * b])
         loss.backward()
-        out[name, rate, dtype] = {"loss": loss.detach().double(), "grad_x": x_local.grad.double(),
-                                  "grad_w": head.weight.grad.to_dense().double(),
-                                  "fused": _fused(x_local.detach(), head.weight, head.margin)}
+        out[name, rate, kind] = {"loss": loss.detach().double(), "grad_x": x_local.grad.double(),
+                                 "grad_w": head.weight.grad.to_dense().double(),
+                                 "fused": _fused(x_local.detach(), head.weight, head.margin),
+                                 "block_rows": sharded_ce.gather_block_rows(D)}
+    # bf16 rows, widened block by block, against the fp64 head holding the same (bf16) values
+    for (name, params), rate in itertools.product(MARGINS.items(), RATES):
+        for kind in ("bf16", "bf16-blocks", "fp64-of-bf16"):
+            sharded_ce.GATHER_BLOCK_BYTES = BLOCK_ROWS * 4 * D if kind == "bf16-blocks" else default_block
+            head = PartialFC(C, D, margin=margins.build(name, **params), sample_rate=rate, seed=SEED, chunk_size=97,
+                             init_std=INIT_STD, backbone_grad_average=False, state_dtype="bf16")
+            dtype = torch.float32
+            if kind == "fp64-of-bf16":
+                narrow = head.weight.detach().clone()
+                head = PartialFC(C, D, margin=margins.build(name, **params), sample_rate=rate, seed=SEED, chunk_size=97,
+                                 init_std=INIT_STD, backbone_grad_average=False).double()
+                with torch.no_grad():
+                    head.weight.copy_(narrow.double())
+                dtype = torch.float64
+            head.step = STEP
+            x_local = x[rank * b:(rank + 1) * b].to(dtype).requires_grad_()
+            loss = head(x_local, labels[rank * b:(rank + 1) * b])
+            loss.backward()
+            out[name, rate, kind] = {"loss": loss.detach().double(), "grad_x": x_local.grad.double(),
+                                     "grad_w": head.weight.grad.to_dense().double(),
+                                     "fused": _fused(x_local.detach(), head.weight, head.margin)}
+    sharded_ce.GATHER_BLOCK_BYTES = default_block
     return out
 
 
@@ -96,16 +126,40 @@ def heads() -> dict[int, list[dict]]:
 @pytest.mark.parametrize("world_size", [1, 2])
 @pytest.mark.parametrize("rate", RATES)
 @pytest.mark.parametrize("name", list(MARGINS))
-def test_the_fused_fp32_head_equals_the_fp64_head(heads, world_size, rate, name):
+@pytest.mark.parametrize("kind", ["fp32", "blocks"])
+def test_the_fused_fp32_head_equals_the_fp64_head(heads, world_size, rate, name, kind):
+    """kind "blocks": the tile's rows gathered BLOCK_ROWS at a time (both GEMMs and the
+    projection per block in the backward), as large shards run them."""
     ranks = heads[world_size]
     takes_fused = margins.build(name, **MARGINS[name]).subcenters == 1 and \
         not margins.build(name, **MARGINS[name]).transforms_negatives
-    assert all(r[name, rate, torch.float32]["fused"] == takes_fused for r in ranks)
-    assert not any(r[name, rate, torch.float64]["fused"] for r in ranks)  # fp64: the eager path, the reference here
+    assert all(r[name, rate, kind]["fused"] == takes_fused for r in ranks)
+    assert not any(r[name, rate, "fp64"]["fused"] for r in ranks)  # fp64: the eager path, the reference here
+    for r in ranks:  # the default: one block per 97-row tile at D = 40
+        assert r[name, rate, kind]["block_rows"] == BLOCK_ROWS if kind == "blocks" else r[name, rate, kind]["block_rows"] >= 97
     # fp32 against fp64: logits up to s = 16 carry ~16 x 2^-24 each, the sums of 10^3 terms a few
     # times that; the loss (~5) and gradients (<= 1) then agree to ~1e-5 relative, 1e-6 absolute
     for r in ranks:
-        ours, ref = r[name, rate, torch.float32], r[name, rate, torch.float64]
+        ours, ref = r[name, rate, kind], r[name, rate, "fp64"]
         torch.testing.assert_close(ours["loss"], ref["loss"], rtol=2e-5, atol=1e-6)
         torch.testing.assert_close(ours["grad_x"], ref["grad_x"], rtol=1e-4, atol=2e-6)
         torch.testing.assert_close(ours["grad_w"], ref["grad_w"], rtol=1e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("name", list(MARGINS))
+@pytest.mark.parametrize("kind", ["bf16", "bf16-blocks"])
+def test_the_fused_bf16_head_equals_the_fp64_head_of_its_values(heads, world_size, rate, name, kind):
+    """bf16 rows widened into fp32 blocks (one per tile, or BLOCK_ROWS at a time): the fp32
+    tolerances above for the loss and the embedding gradient; the class-row gradient is stored
+    in bf16 (rounded to nearest, 2^-9 relative), so within two of its ulps."""
+    ranks = heads[world_size]
+    takes_fused = margins.build(name, **MARGINS[name]).subcenters == 1 and \
+        not margins.build(name, **MARGINS[name]).transforms_negatives
+    for r in ranks:
+        ours, ref = r[name, rate, kind], r[name, rate, "fp64-of-bf16"]
+        assert ours["fused"] == takes_fused
+        torch.testing.assert_close(ours["loss"], ref["loss"], rtol=2e-5, atol=1e-6)
+        torch.testing.assert_close(ours["grad_x"], ref["grad_x"], rtol=1e-4, atol=2e-6)
+        torch.testing.assert_close(ours["grad_w"], ref["grad_w"], rtol=2 ** -7, atol=2e-6)
