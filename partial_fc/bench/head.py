@@ -232,26 +232,35 @@ def _bench_rank(rank: int, world_size: int, cfg: dict) -> dict:
     gc.collect()
     labels = comm.all_gather(last_labels)  # also a barrier: every rank measures its floor at the same time
     sampled = sample_classes(labels, start=start, stop=stop, seed=0, step=total - 1, sample_rate=cfg["sample_rate"]).rows.numel()
-    floor = _gemm_floor(labels.numel(), sampled, dim, device, sync, reps=max(3, cfg["steps"]))
+    token = torch.zeros(1, device=device)
+    floor = _gemm_floor(labels.numel(), sampled, dim, device, sync, reps=max(3, cfg["steps"]),
+                        barrier=lambda: comm.all_reduce_(token, "sum"))
     return {"step_s": statistics.median(times), "floor_s": floor, "sampled": sampled, "peak": peak,
             "weights": weights, "state": state, "rows": rows, "first_loss": float(losses[0]),
             "table_in_peak": offload == "none" or (offload == "host" and not cfg["cuda"])}
 
 
-def _gemm_floor(batch: int, sampled: int, dim: int, device: torch.device, sync, *, reps: int) -> float:
-    """Median time of the three GEMMs a step cannot avoid: logits, embedding and class-row gradients."""
+def _gemm_floor(batch: int, sampled: int, dim: int, device: torch.device, sync, *, reps: int, barrier) -> float:
+    """Median time of the three GEMMs a step cannot avoid: logits, embedding and class-row gradients.
+
+    Timed as the step is: every repetition starts on all ranks together and ends when the last
+    rank is done (``barrier`` on both sides). The step's collectives make the ranks wait for
+    the slowest one, so a rank's own GEMM time alone would be a floor no step can reach when
+    the ranks' cores run at different speeds (as they do on shared machines)."""
     x = torch.randn(batch, dim, device=device)
     w = torch.randn(sampled, dim, device=device)
     z = torch.empty(batch, sampled, device=device)
     dx, dw = torch.empty(batch, dim, device=device), torch.empty(sampled, dim, device=device)
     times = []
     for i in range(reps + 1):
+        barrier()
         sync()
         t0 = time.perf_counter()
         torch.mm(x, w.t(), out=z)
         torch.mm(z, w, out=dx)
         torch.mm(z.t(), x, out=dw)
         sync()
+        barrier()
         if i:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
@@ -295,6 +304,8 @@ def _format(report: dict) -> str:
         f"(head only; the naive baseline is fp32); kernels: {c.get('kernels_used', 'auto')}",
         f"device: {report['device']}, backend {report['backend']}; median of {c['steps']} steps after {c['warmup']} warm-up",
         f"memory: {report['memory']}",
+        "floor: the three GEMMs of the step's shapes on all ranks at once, each repetition from a common start "
+        "to the last rank's end",
         "",
         f"{'impl':<6}{'rank':>5}{'B/class':>9}{'step ms':>10}{'floor ms':>10}{'x floor':>9}{'peak MiB':>10}{'w+state MiB':>13}"
         f"{'working MiB':>13}{'S/rank':>9}{'loss@0':>10}",
