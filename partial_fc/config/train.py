@@ -71,7 +71,7 @@ class HeadConfig:
     margin: str = "arcface"
     margin_params: dict[str, Any] = field(default_factory=dict)
     sample_rate: float = 1.0
-    chunk_size: int = 262144
+    chunk_size: int = 786432  # partial_fc.head.class_weights.DEFAULT_CHUNK_SIZE
     init_std: float = 0.01
     check_finite: bool = True
     state_dtype: str = "fp32"  # storage of the class centers: fp32 | bf16 | fp16 (arithmetic stays fp32)

@@ -18,7 +18,9 @@ from partial_fc.head.ranges import class_range
 from partial_fc.head.row_init import BLOCK_ROWS, init_class_rows
 from partial_fc.head.storage import WEIGHT_STORAGE
 
-DEFAULT_CHUNK_SIZE = 262144  # one tile up to 262,144 sampled rows: tiles past the first are recomputed in the backward
+# one tile up to 786,432 sampled rows per rank (tiles past the first are recomputed in the
+# backward): C = 15M at D 512, b 128, r 0.1 on 2 ranks; a fused CPU tile costs B x 4 bytes per row
+DEFAULT_CHUNK_SIZE = 786432
 
 
 def check_state_dtype(state_dtype: str) -> None:

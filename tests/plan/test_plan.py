@@ -170,7 +170,7 @@ def test_require_fits_refuses_in_one_line_naming_the_fix():
     with pytest.raises(ValueError) as info:
         require_fits(plan, 80 * GiB, where="cuda:0")
     msg = str(info.value)
-    assert "\n" not in msg and msg.startswith("the head needs 152.85 GiB per rank for 300,000,000 classes but cuda:0 has 80.00 GiB")
+    assert "\n" not in msg and msg.startswith("the head needs 155.85 GiB per rank for 300,000,000 classes but cuda:0 has 80.00 GiB")
     assert "weights 71.53 GiB" in msg and "--offload host" in msg
     for label, fixed in suggestions(plan, 80 * GiB):
         assert fixed.fits(80 * GiB) and fixed.classes == plan.classes, label
