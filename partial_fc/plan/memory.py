@@ -137,6 +137,7 @@ def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sam
         cpu_kernels = kernels.enabled()
     fused = device == "cpu" and bool(cpu_kernels)
     fused_sgd = fused and optim == "sgd" and state_dtype in ("fp32", "bf16")
+    fused_tile = fused and subcenters == 1 and state_dtype in ("fp32", "bf16")  # sharded_ce._fused (fp16 rows: eager)
     k, f32 = subcenters, 4
     local = -(-classes // world_size)  # partial_fc.head.ranges: the first C mod N shards get one more
     big_b = batch_size * world_size
@@ -160,13 +161,13 @@ def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sam
     # a tile's rows are gathered into tile_w when sampling; an offloaded head's staged rows are
     # already contiguous, so its fp32 tiles are views of them and only a narrow table widens.
     # The fused CPU tiles gather one block of rows at a time (sharded_ce.gather_block_rows).
-    gathered_rows = min(tile_rows, max(1, _GATHER_BLOCK_BYTES // (f32 * dim))) if fused and k == 1 else tile_rows
+    gathered_rows = min(tile_rows, max(1, _GATHER_BLOCK_BYTES // (f32 * dim))) if fused_tile else tile_rows
     gathers = sample_rate < 1.0 if offload == "none" else bool(narrow)
     terms["tile rows"] = gathered_rows * dim * f32 if gathers else 0
     terms["gradient rows"] = sampled * k * (dim * f32 + 8) + (sampled * 8 if sample_rate < 1.0 else 0)
     if narrow:
         terms["stored-dtype gradient rows"] = sampled * k * (dim * narrow + 8)
-        gathered_narrow = sample_rate < 1.0 and offload == "none" and not (fused and k == 1 and state_dtype == "bf16")
+        gathered_narrow = sample_rate < 1.0 and offload == "none" and not (fused_tile and state_dtype == "bf16")
         terms["stored-dtype tile rows"] = tile_rows * dim * narrow if gathered_narrow else 0
     terms["gathered embeddings"] = 4 * big_b * dim * f32 + 2 * batch_size * dim * f32
     block = min(_OPTIM_BLOCK_ROWS, sampled * k)
@@ -177,7 +178,7 @@ def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sam
         optimizer_scratch = optimizer_block_bytes(block, dim, optim=optim, state_dtype=state_dtype,
                                                   optim_state=optim_state, momentum=momentum)
     terms["scratch"] = (optimizer_scratch
-                        + (0 if fused and k == 1 else min(_ROW_DOT_BLOCK, tile_rows) * dim * f32)  # fused: a kernel
+                        + (0 if fused_tile else min(_ROW_DOT_BLOCK, tile_rows) * dim * f32)  # fused: a kernel
                         + local + 3 * min(_HASH_BLOCK, local) * 8)
     terms["runtime"] = runtime_bytes if runtime_bytes is not None else (
         CUDA_RESERVE_BYTES if device == "cuda" else CPU_RUNTIME_ANON_BYTES if offload == "mmap" else CPU_RUNTIME_BYTES)
