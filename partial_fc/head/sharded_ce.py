@@ -227,21 +227,19 @@ class ShardedMarginCE(torch.autograd.Function):
                 if normalize:
                     probs.mul_(tile.inv_norm[:, None])
             grad_tile = grad_rows[start * k : stop * k]
+            # d/dw of (x' . w)/|w| (normalize): remove the component along w, as the norm's derivative does
             if tile.w is None:  # fused: both GEMMs and the projection block by block, the rows in cache
                 for lo, hi, w in _row_blocks(tile, None, workspace):
                     grad_x_scaled.addmm_(probs[lo:hi].t(), w)
                     torch.mm(probs[lo:hi], x_scaled, out=grad_tile[lo:hi])
                     if normalize:
                         kernels.project_rows(grad_tile[lo:hi], w, tile.inv_norm[lo:hi])
-                del tile, probs
-                continue
-            grad_x_scaled.addmm_(probs.t(), tile.w)
-            torch.mm(probs, x_scaled, out=grad_tile)
-            if normalize:
-                # d/dw of (x' . w)/|w|: remove the component along w, as the norm's derivative does.
-                if kernels.applies(grad_tile, tile.w) and grad_tile.dtype == tile.w.dtype == torch.float32:
+            else:
+                grad_x_scaled.addmm_(probs.t(), tile.w)
+                torch.mm(probs, x_scaled, out=grad_tile)
+                if normalize and kernels.applies(grad_tile, tile.w) and grad_tile.dtype == tile.w.dtype == torch.float32:
                     kernels.project_rows(grad_tile, tile.w, tile.inv_norm)
-                else:
+                elif normalize:
                     coef = _row_dot(tile.w, grad_tile, workspace).mul_(tile.inv_norm.square())
                     grad_tile.addcmul_(tile.w, coef[:, None], value=-1.0)
             del tile, probs

@@ -75,47 +75,53 @@ RATES = (1.0, 0.3)  # every class (tiles are views of the shard) and sampled (ga
 BLOCK_ROWS = 7  # gathered rows per block in the "blocks" runs: several per 97-row tile, the last one short
 
 
+KINDS = ("fp32", "blocks", "fp64", "bf16", "bf16-blocks", "fp64-of-bf16")
+
+
+def _head(kind: str, name: str, params: dict, rate: float) -> PartialFC:
+    """fp32 / fp64 heads, bf16 rows, and the fp64 head holding the same values as the bf16 one."""
+    def build(**extra):
+        return PartialFC(C, D, margin=margins.build(name, **params), sample_rate=rate, seed=SEED, chunk_size=97,
+                         init_std=INIT_STD, backbone_grad_average=False, **extra)
+    if kind in ("fp32", "blocks"):
+        return build()
+    if kind == "fp64":
+        return build().double()
+    narrow = build(state_dtype="bf16")
+    if kind != "fp64-of-bf16":
+        return narrow
+    head = build().double()
+    with torch.no_grad():
+        head.weight.copy_(narrow.weight.double())
+    return head
+
+
 def _head_results(rank: int, world_size: int) -> dict:
     x, labels = global_batch(C, D, B)
     b = B // world_size
     out = {}
     default_block = sharded_ce.GATHER_BLOCK_BYTES
-    for (name, params), rate, kind in itertools.product(MARGINS.items(), RATES, ("fp32", "blocks", "fp64")):
-        dtype = torch.float64 if kind == "fp64" else torch.float32
-        sharded_ce.GATHER_BLOCK_BYTES = BLOCK_ROWS * 4 * D if kind == "blocks" else default_block
-        head = PartialFC(C, D, margin=margins.build(name, **params), sample_rate=rate, seed=SEED, chunk_size=97,
-                         init_std=INIT_STD, backbone_grad_average=False).to(dtype)
-        head.step = STEP
-        x_local = x[rank * b:(rank + 1) * b].to(dtype).requires_grad_()
-        loss = head(x_local, labels[rank * b:(rank + 1) * b])
-        loss.backward()
-        out[name, rate, kind] = {"loss": loss.detach().double(), "grad_x": x_local.grad.double(),
-                                 "grad_w": head.weight.grad.to_dense().double(),
-                                 "fused": _fused(x_local.detach(), head.weight, head.margin),
-                                 "block_rows": sharded_ce.gather_block_rows(D)}
-    # bf16 rows, widened block by block, against the fp64 head holding the same (bf16) values
-    for (name, params), rate in itertools.product(MARGINS.items(), RATES):
-        for kind in ("bf16", "bf16-blocks", "fp64-of-bf16"):
-            sharded_ce.GATHER_BLOCK_BYTES = BLOCK_ROWS * 4 * D if kind == "bf16-blocks" else default_block
-            head = PartialFC(C, D, margin=margins.build(name, **params), sample_rate=rate, seed=SEED, chunk_size=97,
-                             init_std=INIT_STD, backbone_grad_average=False, state_dtype="bf16")
-            dtype = torch.float32
-            if kind == "fp64-of-bf16":
-                narrow = head.weight.detach().clone()
-                head = PartialFC(C, D, margin=margins.build(name, **params), sample_rate=rate, seed=SEED, chunk_size=97,
-                                 init_std=INIT_STD, backbone_grad_average=False).double()
-                with torch.no_grad():
-                    head.weight.copy_(narrow.double())
-                dtype = torch.float64
+    try:
+        for (name, params), rate, kind in itertools.product(MARGINS.items(), RATES, KINDS):
+            sharded_ce.GATHER_BLOCK_BYTES = BLOCK_ROWS * 4 * D if kind.endswith("blocks") else default_block
+            head = _head(kind, name, params, rate)
             head.step = STEP
+            dtype = torch.float64 if kind.startswith("fp64") else torch.float32
             x_local = x[rank * b:(rank + 1) * b].to(dtype).requires_grad_()
             loss = head(x_local, labels[rank * b:(rank + 1) * b])
             loss.backward()
             out[name, rate, kind] = {"loss": loss.detach().double(), "grad_x": x_local.grad.double(),
                                      "grad_w": head.weight.grad.to_dense().double(),
-                                     "fused": _fused(x_local.detach(), head.weight, head.margin)}
-    sharded_ce.GATHER_BLOCK_BYTES = default_block
+                                     "fused": _fused(x_local.detach(), head.weight, head.margin),
+                                     "block_rows": sharded_ce.gather_block_rows(D)}
+    finally:
+        sharded_ce.GATHER_BLOCK_BYTES = default_block
     return out
+
+
+def _takes_fused(name: str) -> bool:
+    margin = margins.build(name, **MARGINS[name])
+    return margin.subcenters == 1 and not margin.transforms_negatives
 
 
 @pytest.fixture(scope="module")
@@ -131,12 +137,11 @@ def test_the_fused_fp32_head_equals_the_fp64_head(heads, world_size, rate, name,
     """kind "blocks": the tile's rows gathered BLOCK_ROWS at a time (both GEMMs and the
     projection per block in the backward), as large shards run them."""
     ranks = heads[world_size]
-    takes_fused = margins.build(name, **MARGINS[name]).subcenters == 1 and \
-        not margins.build(name, **MARGINS[name]).transforms_negatives
-    assert all(r[name, rate, kind]["fused"] == takes_fused for r in ranks)
+    assert all(r[name, rate, kind]["fused"] == _takes_fused(name) for r in ranks)
     assert not any(r[name, rate, "fp64"]["fused"] for r in ranks)  # fp64: the eager path, the reference here
     for r in ranks:  # the default: one block per 97-row tile at D = 40
-        assert r[name, rate, kind]["block_rows"] == BLOCK_ROWS if kind == "blocks" else r[name, rate, kind]["block_rows"] >= 97
+        block_rows = r[name, rate, kind]["block_rows"]
+        assert block_rows == BLOCK_ROWS if kind == "blocks" else block_rows >= 97
     # fp32 against fp64: logits up to s = 16 carry ~16 x 2^-24 each, the sums of 10^3 terms a few
     # times that; the loss (~5) and gradients (<= 1) then agree to ~1e-5 relative, 1e-6 absolute
     for r in ranks:
@@ -155,11 +160,9 @@ def test_the_fused_bf16_head_equals_the_fp64_head_of_its_values(heads, world_siz
     tolerances above for the loss and the embedding gradient; the class-row gradient is stored
     in bf16 (rounded to nearest, 2^-9 relative), so within two of its ulps."""
     ranks = heads[world_size]
-    takes_fused = margins.build(name, **MARGINS[name]).subcenters == 1 and \
-        not margins.build(name, **MARGINS[name]).transforms_negatives
     for r in ranks:
         ours, ref = r[name, rate, kind], r[name, rate, "fp64-of-bf16"]
-        assert ours["fused"] == takes_fused
+        assert ours["fused"] == _takes_fused(name)
         torch.testing.assert_close(ours["loss"], ref["loss"], rtol=2e-5, atol=1e-6)
         torch.testing.assert_close(ours["grad_x"], ref["grad_x"], rtol=1e-4, atol=2e-6)
         torch.testing.assert_close(ours["grad_w"], ref["grad_w"], rtol=2 ** -7, atol=2e-6)
