@@ -21,8 +21,14 @@ export SLURM_CONF=$CONF
 say() { echo "ci-slurm: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
+pid_of() {  # pidfile -> its pid on stdout; fails when the file is gone (a daemon removes its own on exit)
+  local pid
+  pid=$(cat "$1" 2>/dev/null) && [[ -n $pid ]] && echo "$pid"
+}
+
 running() {  # pidfile: is that process alive?
-  [[ -s $1 ]] && kill -0 "$(<"$1")" 2>/dev/null
+  local pid
+  pid=$(pid_of "$1") && kill -0 "$pid" 2>/dev/null
 }
 
 install() {
@@ -113,12 +119,13 @@ stop() {
     scancel --full --quiet $(squeue -h -o %i 2>/dev/null) 2>/dev/null || true
     for _ in $(seq 60); do [[ -z $(squeue -h -o %i 2>/dev/null) ]] && break; sleep 0.5; done
   fi
-  local f
+  local f pid
   for f in "$DIR/slurmd.pid" "$DIR/slurmctld.pid" "$DIR/munge/munged.pid"; do
-    running "$f" || continue
-    kill -TERM "$(<"$f")"
-    for _ in $(seq 40); do running "$f" || break; sleep 0.25; done
-    running "$f" && kill -KILL "$(<"$f")"
+    # the pid read once: the daemon may remove its file while it exits
+    pid=$(pid_of "$f") || continue
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -KILL "$pid" 2>/dev/null || true
     rm -f "$f"
   done
 }
