@@ -97,6 +97,9 @@ class _Tile:
     # and the backward gathers each block again from src (rows ids, or rows start.. of src)
     src: torch.Tensor | None = None
     ids: torch.Tensor | None = None
+    # whether logits holds exp(z - the forward's running max) (the kept tile of the eager path,
+    # or of a learned scale) rather than the logits z themselves
+    exps: bool = False
 
 
 class ShardedMarginCE(torch.autograd.Function):
@@ -127,11 +130,14 @@ class ShardedMarginCE(torch.autograd.Function):
             tile = _compute_tile(x_scaled, weight, rows, start, min(num_sampled, start + chunk_size),
                                  margin, owned, pos, target, state, workspace)
             new_max = torch.maximum(run_max, tile.logits.amax(0) if tile.colmax is None else tile.colmax)
-            if tile.colmax is not None and not learn_scale:  # one fused pass: exp(z - max) in place, and its sum
+            if tile.colmax is not None and not learn_scale:
+                # one read-only pass for the sum of exp(z - max); the tile keeps its logits, whose
+                # exponentials the backward takes block by block, in cache, with the final lse
                 tile_sum = x.new_empty(batch)
-                kernels.exp_shift(tile.logits, new_max, tile_sum)
+                kernels.exp_shift(tile.logits, new_max, tile_sum, store=False)
                 exps = shifted = tile.logits
             else:
+                tile.exps = True
                 shifted = tile.logits.sub_(new_max)
                 # sum_j e^u u with u = z - max, taken before the tile turns into exponentials
                 tile_zsum = _exp_weighted_sum(shifted, workspace) if learn_scale else None
@@ -178,77 +184,75 @@ class ShardedMarginCE(torch.autograd.Function):
             ctx.last = None  # another forward or backward reused the buffers: recompute that tile too
         workspace.claim()
         grad_x_scaled = torch.zeros_like(x_scaled)
-        # The class-row gradient lives in the workspace from step to step, unless an earlier
-        # gradient is still held in weight.grad (accumulation), whose memory it may share.
-        if weight.grad is None:
-            grad_rows = workspace.get("grad_rows", (ctx.num_sampled * k, x.shape[1]), dtype=x.dtype, device=x.device)
+        fused = _fused(x_scaled, weight, margin)
+        # bf16 rows on the fused path: each block's gradient is rounded into the stored dtype while
+        # it is in cache, and no (S, D) fp32 gradient exists (an earlier gradient held in
+        # weight.grad for accumulation keeps the fp32 rows, which autograd adds to it)
+        narrow = fused and weight.dtype != x.dtype and weight.grad is None and ctx.needs_input_grad[2]
+        shape = (ctx.num_sampled * k, x.shape[1])
+        if narrow:
+            grad_rows = workspace.get("grad_rows_stored", shape, dtype=weight.dtype, device=weight.device)
+        elif weight.grad is None:
+            # the class-row gradient lives in the workspace from step to step, unless an earlier
+            # gradient is still held in weight.grad (accumulation), whose memory it may share
+            grad_rows = workspace.get("grad_rows", shape, dtype=x.dtype, device=x.device)
         else:
-            grad_rows = x.new_empty(ctx.num_sampled * k, x.shape[1])
-        grad_target = x.new_zeros(owned.shape[0])
+            grad_rows = x.new_empty(shape)
         with torch.enable_grad():
             x_own = x[owned].detach().requires_grad_()
             w_own = _take_rows(weight, rows, pos, k).detach().requires_grad_()
             target = target_logits(margin, x_own, w_own, ctx.step, state)
+        # Targets go through the margin's own derivative, not through the GEMMs: their softmax
+        # probability exp(z_y - lse) minus one, known before any tile (z_y is the target logit)
+        grad_target = target.detach() - lse[owned]
+        if fused and grad_target.numel():
+            kernels.exp_shift(grad_target[None], torch.zeros_like(grad_target), None)
+        else:
+            grad_target.exp_()
+        grad_target.sub_(1.0).mul_(scale)
+        grad_x_own, grad_w_own = torch.autograd.grad(target, (x_own, w_own), grad_target)
+        grad_w_own = grad_w_own.reshape(-1, k, x.shape[1])
         starts = list(range(0, ctx.num_sampled, ctx.chunk_size))
         for start in reversed(starts):
             stop = min(ctx.num_sampled, start + ctx.chunk_size)
             kept = ctx.last is not None and ctx.last.start == start
             if kept:
-                # The kept tile is consumed in place; a second backward (retain_graph) recomputes it.
+                # The kept tile is consumed; a second backward (retain_graph) recomputes it.
                 tile, ctx.last = ctx.last, None
             else:
                 tile = _compute_tile(x_scaled, weight, rows, start, stop, margin, owned, pos, target.detach(), state, workspace)
             sel = ((pos >= start) & (pos < stop)).nonzero().squeeze(1)
-            at = (pos[sel] - start, owned[sel])
-            if tile.colmax is not None:  # fused: the probabilities, the scale and 1/|w| in one pass
-                probs = tile.logits
-                if kept:
-                    col = torch.exp(ctx.last_shift - lse)
-                    grad_target[sel] = probs[at] * col[at[1]] - 1.0
-                else:
-                    kernels.exp_shift(probs, lse, None)
-                    col = torch.ones_like(lse)
-                    grad_target[sel] = probs[at] - 1.0
-                probs[at] = 0.0  # targets go through the margin's own derivative below, not the GEMMs
-                kernels.scale_tile(probs, tile.inv_norm if normalize else None, col.mul_(scale))
-            else:
-                if kept:
-                    probs = tile.logits.mul_(torch.exp(ctx.last_shift - lse))
-                else:
-                    probs = tile.logits.sub_(lse).exp_()
-                # Targets go through the margin's own derivative below, not through the GEMMs.
-                grad_target[sel] = probs[at] - 1.0
-                probs[at] = 0.0
-                probs.mul_(scale)
-                if tile.dlogits is not None:
-                    probs.mul_(tile.dlogits)
-                if tile.best is not None:
-                    probs = _to_subcenter_rows(probs, tile.best, k, workspace)
-                if normalize:
-                    probs.mul_(tile.inv_norm[:, None])
             grad_tile = grad_rows[start * k : stop * k]
-            # d/dw of (x' . w)/|w| (normalize): remove the component along w, as the norm's derivative does
-            if tile.w is None:  # fused: both GEMMs and the projection block by block, the rows in cache
-                for lo, hi, w in _row_blocks(tile, None, workspace):
-                    grad_x_scaled.addmm_(probs[lo:hi].t(), w)
-                    torch.mm(probs[lo:hi], x_scaled, out=grad_tile[lo:hi])
-                    if normalize:
-                        kernels.project_rows(grad_tile[lo:hi], w, tile.inv_norm[lo:hi])
+            if tile.colmax is not None:
+                _backward_fused(tile, grad_tile, x_scaled, grad_x_scaled, lse, ctx.last_shift, scale,
+                                owned[sel], pos[sel] - start, grad_w_own[sel, 0], normalize, workspace)
+                del tile
+                continue
+            at = (pos[sel] - start, owned[sel])
+            if tile.exps:
+                probs = tile.logits.mul_(torch.exp(ctx.last_shift - lse))
             else:
-                grad_x_scaled.addmm_(probs.t(), tile.w)
-                torch.mm(probs, x_scaled, out=grad_tile)
-                if normalize and kernels.applies(grad_tile, tile.w) and grad_tile.dtype == tile.w.dtype == torch.float32:
-                    kernels.project_rows(grad_tile, tile.w, tile.inv_norm)
-                elif normalize:
-                    coef = _row_dot(tile.w, grad_tile, workspace).mul_(tile.inv_norm.square())
-                    grad_tile.addcmul_(tile.w, coef[:, None], value=-1.0)
+                probs = tile.logits.sub_(lse).exp_()
+            probs[at] = 0.0
+            probs.mul_(scale)
+            if tile.dlogits is not None:
+                probs.mul_(tile.dlogits)
+            if tile.best is not None:
+                probs = _to_subcenter_rows(probs, tile.best, k, workspace)
+            if normalize:
+                probs.mul_(tile.inv_norm[:, None])
+            grad_x_scaled.addmm_(probs.t(), tile.w)
+            torch.mm(probs, x_scaled, out=grad_tile)
+            # d/dw of (x' . w)/|w| (normalize): remove the component along w, as the norm's derivative does
+            if normalize and kernels.applies(grad_tile, tile.w) and grad_tile.dtype == tile.w.dtype == torch.float32:
+                kernels.project_rows(grad_tile, tile.w, tile.inv_norm)
+            elif normalize:
+                coef = _row_dot(tile.w, grad_tile, workspace).mul_(tile.inv_norm.square())
+                grad_tile.addcmul_(tile.w, coef[:, None], value=-1.0)
+            grad_tile.view(stop - start, k, -1).index_add_(0, pos[sel] - start, grad_w_own[sel])
             del tile, probs
-        grad_target.mul_(scale)
 
-        grad_x_own, grad_w_own = torch.autograd.grad(target, (x_own, w_own), grad_target)
         grad_x = torch.zeros_like(x).index_add_(0, owned, grad_x_own)
-        grad_rows.view(ctx.num_sampled, k, -1).index_add_(0, pos, grad_w_own.view(-1, k, x.shape[1]))
-
         grad_weight = None
         if ctx.needs_input_grad[2]:
             indices = class_row_ids(rows, k) if rows is not None else torch.arange(weight.shape[0], device=weight.device)
@@ -353,24 +357,84 @@ def _fused(x_scaled: torch.Tensor, weight: torch.Tensor, margin: Margin) -> bool
 
 
 def _compute_tile_fused(x_scaled, weight, ids, start, stop, margin, owned, pos, target, workspace) -> _Tile:
-    """``_compute_tile`` in fused passes: the rows gathered (widened) with their inverse norms in
-    one, the logits scaled by them with the column max in another. The max leaves the target
-    entries out (set to -inf first) and then takes the margin targets written there."""
+    """``_compute_tile`` in fused passes, block by block (``_row_blocks``): each block's rows are
+    gathered (widened) with their inverse norms, its logits computed, scaled by them and
+    max-reduced per column while they are in cache. The max leaves the target entries out (set
+    to -inf first) and then takes the margin targets written there."""
     n = stop - start
     inv_norm = x_scaled.new_empty(n) if margin.normalize_weight else None
     logits = workspace.get("tile_logits", (n, x_scaled.shape[0]), dtype=torch.float32, device=x_scaled.device)
     tile = _Tile(start, stop, None, inv_norm, logits, src=weight if ids is not None else weight[start:stop], ids=ids)
-    for lo, hi, w in _row_blocks(tile, inv_norm, workspace):
-        torch.mm(w, x_scaled.t(), out=logits[lo:hi])
     sel = ((pos >= start) & (pos < stop)).nonzero().squeeze(1)
     at = (pos[sel] - start, owned[sel])
-    logits[at] = float("-inf")
-    colmax = x_scaled.new_empty(x_scaled.shape[0])
-    kernels.scale_colmax(logits, inv_norm, colmax)
+    spans, hit_rows, hit_cols, _ = _targets_by_block(at[0], at[1], None, x_scaled.shape[1])
+    colmax = x_scaled.new_full((x_scaled.shape[0],), float("-inf"))
+    for lo, hi, w in _row_blocks(tile, inv_norm, workspace):
+        z = logits[lo:hi]
+        torch.mm(w, x_scaled.t(), out=z)
+        span = spans.get(lo)
+        if span is not None:
+            z[hit_rows[span] - lo, hit_cols[span]] = float("-inf")
+        kernels.scale_colmax(z, None if inv_norm is None else inv_norm[lo:hi], colmax, accumulate=True)
     logits[at] = target[sel]
     colmax[at[1]] = torch.maximum(colmax[at[1]], target[sel])
     tile.colmax = colmax
     return tile
+
+
+def _targets_by_block(rows: torch.Tensor, cols: torch.Tensor, grads: torch.Tensor | None, dim: int):
+    """A tile's target entries (rows within the tile, columns) grouped by the gathered block
+    that holds their row: {block start: slice} into the returned rows, columns and gradient
+    rows, sorted by row and stable (samples with the same class keep their order)."""
+    block = gather_block_rows(dim)
+    order = torch.argsort(rows, stable=True)
+    rows, cols = rows[order], cols[order]
+    spans: dict[int, slice] = {}
+    for i, b in enumerate((rows // block).tolist()):
+        first = spans.get(b * block)
+        spans[b * block] = slice(i if first is None else first.start, i + 1)
+    return spans, rows, cols, None if grads is None else grads[order]
+
+
+def _backward_fused(tile: _Tile, grad_tile, x_scaled, grad_x_scaled, lse, last_shift, scale, cols, rows, grad_targets,
+                    normalize: bool, workspace: Workspace) -> None:
+    """A fused tile's backward, block by block while each block is in cache: its probabilities
+    exp(z - lse) (or the kept exponentials rescaled) times the loss scale and 1/|w| into one
+    reused block, the targets' entries zeroed, both GEMMs and the projection on the block's
+    gathered rows, the targets' own gradient rows (``grad_targets``) added, and, with bf16
+    ``grad_tile``, the rounding into the stored dtype. rows, cols: the tile's target entries."""
+    batch, dim = x_scaled.shape
+    n = tile.stop - tile.start
+    if tile.exps:  # exp(z - last_shift) exp(last_shift - lse)
+        col, shift = torch.exp(last_shift - lse).mul_(scale), None
+    else:
+        col, shift = torch.ones_like(lse).mul_(scale), lse
+    block = min(n, gather_block_rows(dim))
+    # a tile of several blocks writes each block's probabilities into one reused block, which
+    # stays in cache (in place, every block would go back to memory); a one-block tile is in cache
+    probs = None if block == n else workspace.get("tile_probs", (block, batch), dtype=torch.float32,
+                                                  device=x_scaled.device)
+    narrow = grad_tile.dtype != torch.float32
+    grad_block = workspace.get("grad_block", (block, dim), dtype=torch.float32, device=x_scaled.device) if narrow else None
+    spans, hit_rows, hit_cols, hit_grads = _targets_by_block(rows, cols, grad_targets, dim)
+    inv_norm = tile.inv_norm if normalize else None
+    for lo, hi, w in _row_blocks(tile, None, workspace):
+        p = tile.logits[lo:hi] if probs is None else probs[: hi - lo]
+        kernels.scale_tile(tile.logits[lo:hi], None if inv_norm is None else inv_norm[lo:hi], col, shift=shift,
+                           out=None if probs is None else p)
+        span = spans.get(lo)
+        if span is not None:
+            p[hit_rows[span] - lo, hit_cols[span]] = 0.0
+        grad_x_scaled.addmm_(p.t(), w)
+        g = grad_block[: hi - lo] if narrow else grad_tile[lo:hi]
+        torch.mm(p, x_scaled, out=g)
+        # d/dw of (x' . w)/|w|: remove the component along w, as the norm's derivative does
+        if normalize:
+            kernels.project_rows(g, w, inv_norm[lo:hi])
+        if span is not None:
+            g.index_add_(0, hit_rows[span] - lo, hit_grads[span])
+        if narrow:
+            kernels.to_bf16(g, grad_tile[lo:hi])
 
 
 def gather_block_rows(dim: int) -> int:

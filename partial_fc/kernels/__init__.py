@@ -48,9 +48,9 @@ _p, _i64, _int, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_f
 _SIGNATURES = {
     "pfc_sgd_f32": (_p, _p, _p, _p, _i64, _i64, _f32, _f32, _f32, _int, _int),
     "pfc_gather_rows": (_p, _p, _i64, _i64, _int, _p, _p, _int),
-    "pfc_scale_colmax": (_p, _p, _i64, _i64, _p, _int),
-    "pfc_exp_shift": (_p, _p, _i64, _i64, _p, _int),
-    "pfc_scale_tile": (_p, _p, _p, _i64, _i64, _int),
+    "pfc_scale_colmax": (_p, _p, _i64, _i64, _p, _int, _int),
+    "pfc_exp_shift": (_p, _p, _i64, _i64, _p, _int, _int),
+    "pfc_scale_tile": (_p, _p, _p, _i64, _i64, _p, _p, _int),
     "pfc_project_rows": (_p, _p, _p, _i64, _i64, _int),
     "pfc_to_bf16": (_p, _p, _i64, _int),
     "pfc_sgd_compact": (_p, _int, _p, _int, _p, _p, _int, _p, _i64, _i64, _f32, _f32, _f32, _int, _f32, _p, _int,
@@ -254,34 +254,48 @@ def gather_rows(src: torch.Tensor, idx: torch.Tensor | None, out: torch.Tensor |
                             _ptr(inv_norm), _threads())
 
 
-def scale_colmax(z: torch.Tensor, row_scale: torch.Tensor | None, colmax: torch.Tensor) -> None:
-    """z *= row_scale[:, None] in place (None: unchanged); colmax = z.amax(0)."""
+def _check_tile(z: torch.Tensor, row: torch.Tensor | None, *cols: torch.Tensor | None) -> tuple[int, int]:
+    """A (c, b) fp32 tile with (c,) row and (b,) column vectors: the kernels read them raw."""
     _check(z, torch.float32, "z")
-    _check(colmax, torch.float32, "colmax")
-    if row_scale is not None:
-        _check(row_scale, torch.float32, "row_scale")
+    if z.dim() != 2:
+        raise ValueError(f"z must be a (classes, batch) tile, got shape {tuple(z.shape)}")
     c, b = z.shape
-    _load().pfc_scale_colmax(z.data_ptr(), _ptr(row_scale), c, b, colmax.data_ptr(), _threads())
+    for t, n, name in ((row, c, "row_scale"), *((t, b, "a column vector") for t in cols)):
+        if t is not None:
+            _check(t, torch.float32, name)
+            if t.numel() != n:
+                raise ValueError(f"{name} must hold {n} values for a {tuple(z.shape)} tile, got {t.numel()}")
+    return c, b
 
 
-def exp_shift(z: torch.Tensor, shift: torch.Tensor, colsum: torch.Tensor | None) -> None:
-    """z = exp(z - shift[None, :]) in place; colsum = z.sum(0) (None: not summed)."""
-    _check(z, torch.float32, "z")
-    _check(shift, torch.float32, "shift")
-    if colsum is not None:
-        _check(colsum, torch.float32, "colsum")
-    c, b = z.shape
-    _load().pfc_exp_shift(z.data_ptr(), shift.data_ptr(), c, b, _ptr(colsum), _threads())
+def scale_colmax(z: torch.Tensor, row_scale: torch.Tensor | None, colmax: torch.Tensor, *,
+                 accumulate: bool = False) -> None:
+    """z *= row_scale[:, None] in place (None: unchanged); colmax = z.amax(0), or (accumulate)
+    colmax = max(colmax, z.amax(0)): a tile's max gathered block by block."""
+    c, b = _check_tile(z, row_scale, colmax)
+    _load().pfc_scale_colmax(z.data_ptr(), _ptr(row_scale), c, b, colmax.data_ptr(), int(accumulate), _threads())
 
 
-def scale_tile(z: torch.Tensor, row_scale: torch.Tensor | None, col_scale: torch.Tensor) -> None:
-    """z *= col_scale[None, :] * row_scale[:, None] in place (row_scale None: 1)."""
-    _check(z, torch.float32, "z")
-    _check(col_scale, torch.float32, "col_scale")
-    if row_scale is not None:
-        _check(row_scale, torch.float32, "row_scale")
-    c, b = z.shape
-    _load().pfc_scale_tile(z.data_ptr(), _ptr(row_scale), col_scale.data_ptr(), c, b, _threads())
+def exp_shift(z: torch.Tensor, shift: torch.Tensor, colsum: torch.Tensor | None, *, store: bool = True) -> None:
+    """z = exp(z - shift[None, :]) in place (store False: z is left as it is); colsum = the
+    column sums of those exponentials (None: not summed), the same bits either way."""
+    c, b = _check_tile(z, None, shift, colsum)
+    if not store and colsum is None:
+        raise ValueError("exp_shift with store=False needs colsum")
+    _load().pfc_exp_shift(z.data_ptr(), shift.data_ptr(), c, b, _ptr(colsum), int(store), _threads())
+
+
+def scale_tile(z: torch.Tensor, row_scale: torch.Tensor | None, col_scale: torch.Tensor, *,
+               shift: torch.Tensor | None = None, out: torch.Tensor | None = None) -> None:
+    """out = e * col_scale[None, :] * row_scale[:, None] (row_scale None: 1) with e = z, or
+    e = exp(z - shift[None, :]) (``exp_shift``'s exponential, bit for bit); out None: z, in place."""
+    c, b = _check_tile(z, row_scale, col_scale, shift)
+    if out is not None:
+        _check(out, torch.float32, "out")
+        if out.shape != z.shape:
+            raise ValueError(f"out must be shaped like z {tuple(z.shape)}, got {tuple(out.shape)}")
+    _load().pfc_scale_tile(z.data_ptr(), _ptr(row_scale), col_scale.data_ptr(), c, b, _ptr(shift), _ptr(out),
+                           _threads())
 
 
 def project_rows(g: torch.Tensor, w: torch.Tensor, inv_norm: torch.Tensor) -> None:

@@ -208,13 +208,15 @@ struct tile {
     const float *row_scale, *col;
     float *col_out;
     int64_t c, b;
-    float value;
+    const float *shift;  /* scale_tile: exp(z - shift) first (NULL: z as it is) */
+    float *out;          /* scale_tile: where the result goes (z itself, or a block kept in cache) */
+    int flag;            /* scale_colmax: max into col_out as it is; exp_shift: store the exponentials */
 };
 
 static void scale_max_range(const void *ctx, int64_t lo, int64_t hi) {
     const struct tile *s = (const struct tile *)ctx;
     float *restrict mx = s->col_out;
-    for (int64_t j = lo; j < hi; j++) mx[j] = -INFINITY;
+    if (!s->flag) for (int64_t j = lo; j < hi; j++) mx[j] = -INFINITY;
     for (int64_t i = 0; i < s->c; i++) {
         float *restrict z = s->z + i * s->b;
         if (s->row_scale) {
@@ -230,9 +232,11 @@ static void scale_max_range(const void *ctx, int64_t lo, int64_t hi) {
     }
 }
 
-/* z[i, j] *= row_scale[i] (row_scale NULL: unchanged); colmax[j] = max_i z[i, j]. */
-void pfc_scale_colmax(float *z, const float *row_scale, int64_t c, int64_t b, float *colmax, int threads) {
-    struct tile s = {z, row_scale, NULL, colmax, c, b, 0.0f};
+/* z[i, j] *= row_scale[i] (row_scale NULL: unchanged); colmax[j] = max_i z[i, j], or (accumulate
+ * != 0) max(colmax[j], max_i z[i, j]): a tile's max taken block by block while each is in cache. */
+void pfc_scale_colmax(float *z, const float *row_scale, int64_t c, int64_t b, float *colmax, int accumulate,
+                      int threads) {
+    struct tile s = {z, row_scale, NULL, colmax, c, b, NULL, NULL, accumulate};
     parallel(scale_max_range, &s, b, threads, 64, 16);
 }
 
@@ -253,7 +257,7 @@ static void exp_range(const void *ctx, int64_t lo, int64_t hi) {
                 float *restrict z = s->z + i * s->b;
                 for (int64_t j = j0; j < j1; j++) {
                     float e = exp_f32(z[j] - shift[j]);
-                    z[j] = e;
+                    if (s->flag) z[j] = e;
                     part[j - j0] += e;
                 }
             }
@@ -263,25 +267,34 @@ static void exp_range(const void *ctx, int64_t lo, int64_t hi) {
     }
 }
 
-/* z[i, j] = exp(z[i, j] - shift[j]); colsum[j] = sum_i z[i, j] (colsum NULL: not summed). */
-void pfc_exp_shift(float *z, const float *shift, int64_t c, int64_t b, float *colsum, int threads) {
-    struct tile s = {z, NULL, shift, colsum, c, b, 0.0f};
+/* z[i, j] = exp(z[i, j] - shift[j]) (store == 0: z is only read); colsum[j] = sum_i of those
+ * exponentials (colsum NULL: not summed), the same bits whether they are stored or not. */
+void pfc_exp_shift(float *z, const float *shift, int64_t c, int64_t b, float *colsum, int store, int threads) {
+    struct tile s = {z, NULL, shift, colsum, c, b, NULL, NULL, store};
     parallel(exp_range, &s, b, threads, 64, 16);
 }
 
 static void scale_range(const void *ctx, int64_t lo, int64_t hi) {
     const struct tile *s = (const struct tile *)ctx;
     const float *restrict col = s->col;
+    const float *restrict shift = s->shift;
     for (int64_t i = lo; i < hi; i++) {
-        float *restrict z = s->z + i * s->b;
+        const float *z = s->z + i * s->b;
+        float *out = s->out + i * s->b;  /* z itself, or a disjoint buffer */
         const float r = s->row_scale ? s->row_scale[i] : 1.0f;
-        for (int64_t j = 0; j < s->b; j++) z[j] = z[j] * col[j] * r;
+        if (shift) {
+            for (int64_t j = 0; j < s->b; j++) out[j] = exp_f32(z[j] - shift[j]) * col[j] * r;
+        } else {
+            for (int64_t j = 0; j < s->b; j++) out[j] = z[j] * col[j] * r;
+        }
     }
 }
 
-/* z[i, j] *= col_scale[j] * row_scale[i] (row_scale NULL: 1). */
-void pfc_scale_tile(float *z, const float *row_scale, const float *col_scale, int64_t c, int64_t b, int threads) {
-    struct tile s = {z, row_scale, col_scale, NULL, c, b, 0.0f};
+/* out[i, j] = e[i, j] col_scale[j] row_scale[i] (row_scale NULL: 1), e = z, or exp(z - shift[j])
+ * (shift not NULL: exp_shift's exponential, bit for bit); out = z: in place. */
+void pfc_scale_tile(float *z, const float *row_scale, const float *col_scale, int64_t c, int64_t b,
+                    const float *shift, float *out, int threads) {
+    struct tile s = {z, row_scale, col_scale, NULL, c, b, shift, out ? out : z, 0};
     parallel(scale_range, &s, c, threads, 256, 1);
 }
 

@@ -9,7 +9,8 @@ Every term names the code it comes from, so a change there shows up here:
 - tile rows: the sampled rows gathered for the tile (``tile_w``), only when sampling (r < 1);
   with the fused CPU kernels one block of them (``sharded_ce.gather_block_rows``, 512 KiB).
 - gradient rows: the S x K sampled rows' fp32 gradient (``grad_rows`` in the workspace; the
-  sparse ``weight.grad`` shares its memory) and its int64 indices.
+  sparse ``weight.grad`` shares its memory) and its int64 indices; bf16 rows on the fused CPU
+  path keep one block of fp32 gradient rows, each rounded into the stored dtype in cache.
 - gathered embeddings: x and x' (B x D) in the forward, their gradients in the backward.
 - scratch: the optimizer's block buffers (``optim/scratch.py``; ``optimizer_block_bytes``; none
   for SGD with the fused CPU kernels, which update every row in one pass),
@@ -164,7 +165,13 @@ def plan_memory(*, classes: int, dim: int, world_size: int, batch_size: int, sam
     gathered_rows = min(tile_rows, max(1, _GATHER_BLOCK_BYTES // (f32 * dim))) if fused_tile else tile_rows
     gathers = sample_rate < 1.0 if offload == "none" else bool(narrow)
     terms["tile rows"] = gathered_rows * dim * f32 if gathers else 0
-    terms["gradient rows"] = sampled * k * (dim * f32 + 8) + (sampled * 8 if sample_rate < 1.0 else 0)
+    # bf16 rows on the fused path round each block's fp32 gradient into the stored dtype while it
+    # is in cache (sharded_ce._backward_fused): one block of fp32 rows instead of all S of them
+    narrow_grad = fused_tile and state_dtype == "bf16"
+    grad_f32_rows = gathered_rows if narrow_grad else sampled * k
+    terms["gradient rows"] = grad_f32_rows * dim * f32 + sampled * k * 8 + (sampled * 8 if sample_rate < 1.0 else 0)
+    if fused_tile and gathered_rows < tile_rows:  # a tile of several blocks: one reused block of probabilities
+        terms["logit tile"] += gathered_rows * big_b * f32
     if narrow:
         terms["stored-dtype gradient rows"] = sampled * k * (dim * narrow + 8)
         gathered_narrow = sample_rate < 1.0 and offload == "none" and not (fused_tile and state_dtype == "bf16")

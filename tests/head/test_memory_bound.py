@@ -10,7 +10,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from partial_fc import PartialFC, margins
+from partial_fc import PartialFC, kernels, margins
+from partial_fc.head import sharded_ce
 
 
 class LogitTracker(TorchDispatchMode):
@@ -64,4 +65,22 @@ def test_at_most_one_chunk_of_logits_is_alive(name, sample_rate):
     # the full logit matrix (B x S >= 48 x 500) never exists; the largest tensors are the
     # shard itself and its gradient rows (S x D)
     assert tracker.largest <= num_classes * dim
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.skipif(not kernels.enabled(), reason=f"fused CPU kernels unavailable: {kernels.why_unavailable()}")
+@pytest.mark.parametrize("state_dtype", ["fp32", "bf16"])
+def test_a_fused_tile_of_several_blocks_adds_one_block_of_probabilities(state_dtype, monkeypatch):
+    # 9-row blocks (more than D: the tracker counts them as logits): the backward writes each
+    # block's probabilities into one reused (9, B) block
+    num_classes, dim, batch, chunk, block = 1003, 8, 48, 64, 9
+    monkeypatch.setattr(sharded_ce, "GATHER_BLOCK_BYTES", 4 * dim * block)
+    head = PartialFC(num_classes, dim, margin=margins.build("arcface"), sample_rate=0.5, chunk_size=chunk,
+                     state_dtype=state_dtype)
+    x = torch.randn(batch, dim, requires_grad=True)
+    labels = torch.randint(0, num_classes, (batch,))
+    tracker = LogitTracker(batch, dim)
+    with tracker:
+        head(x, labels).backward()
+    assert batch * (chunk // 2 + block) <= tracker.peak_logits <= batch * (chunk + block)
     assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -52,6 +52,12 @@ def test_scale_colmax_is_exact():
     assert torch.equal(colmax, got.amax(0))
     kernels.scale_colmax(got, None, colmax)
     assert torch.equal(colmax, got.amax(0))
+    # block by block, accumulating: the same bits as one pass (a max is exact)
+    blocks, running = z.clone(), torch.full((70,), float("-inf"))
+    for lo in range(0, 333, 50):
+        kernels.scale_colmax(blocks[lo:lo + 50], scale[lo:lo + 50], running, accumulate=True)
+    assert torch.equal(blocks, z * scale[:, None])
+    assert torch.equal(running, blocks.amax(0))
 
 
 def test_exp_shift_within_two_ulp_and_sums_within_the_bound():
@@ -71,6 +77,37 @@ def test_exp_shift_within_two_ulp_and_sums_within_the_bound():
     torch.testing.assert_close(z.double(), ref, rtol=2.0 ** -18, atol=1e-30)
     # two-level sums of 5000 terms: blocks of 128, then 40 partials; relative error < 200 ulp
     torch.testing.assert_close(sums.double(), z.double().sum(0), rtol=200 * ULP, atol=0)
+
+
+def test_exp_shift_without_storing_sums_the_same_bits_and_leaves_the_tile():
+    z = torch.randn(700, 33, generator=_gen(13)) * 8
+    shift = z.amax(0)
+    kept, stored = z.clone(), z.clone()
+    sums, sums_stored = torch.empty(33), torch.empty(33)
+    kernels.exp_shift(kept, shift, sums, store=False)
+    kernels.exp_shift(stored, shift, sums_stored)
+    assert torch.equal(kept, z)
+    assert torch.equal(sums, sums_stored)
+    with pytest.raises(ValueError, match="store=False needs colsum"):
+        kernels.exp_shift(kept, shift, None, store=False)
+
+
+def test_scale_tile_with_the_exponential_into_another_buffer_is_exp_shift_then_scale_tile():
+    z = torch.randn(300, 50, generator=_gen(14)) * 6
+    shift, row, col = z.amax(0), torch.rand(300, generator=_gen(15)) + 0.1, torch.rand(50, generator=_gen(16)) + 0.1
+    two_passes = z.clone()
+    kernels.exp_shift(two_passes, shift, None)
+    kernels.scale_tile(two_passes, row, col)
+    out, before = torch.empty(300, 50), z.clone()
+    kernels.scale_tile(z, row, col, shift=shift, out=out)
+    assert torch.equal(out, two_passes)  # the same exponential and products, bit for bit
+    assert torch.equal(z, before)  # the source is only read
+    kernels.scale_tile(z, row, col, shift=shift)  # in place
+    assert torch.equal(z, two_passes)
+    with pytest.raises(ValueError, match=r"row_scale must hold 300 values for a \(300, 50\) tile, got 299"):
+        kernels.scale_tile(z, row[:299], col)
+    with pytest.raises(ValueError, match=r"out must be shaped like z \(300, 50\)"):
+        kernels.scale_tile(z, row, col, out=torch.empty(299, 50))
 
 
 def test_scale_tile_and_projection_against_fp64():
