@@ -205,7 +205,7 @@ class ShardedMarginCE(torch.autograd.Function):
         # Targets go through the margin's own derivative, not through the GEMMs: their softmax
         # probability exp(z_y - lse) minus one, known before any tile (z_y is the target logit)
         grad_target = target.detach() - lse[owned]
-        if fused and grad_target.numel():
+        if fused:
             kernels.exp_shift(grad_target[None], torch.zeros_like(grad_target), None)
         else:
             grad_target.exp_()
@@ -367,7 +367,8 @@ def _compute_tile_fused(x_scaled, weight, ids, start, stop, margin, owned, pos, 
     tile = _Tile(start, stop, None, inv_norm, logits, src=weight if ids is not None else weight[start:stop], ids=ids)
     sel = ((pos >= start) & (pos < stop)).nonzero().squeeze(1)
     at = (pos[sel] - start, owned[sel])
-    spans, hit_rows, hit_cols, _ = _targets_by_block(at[0], at[1], None, x_scaled.shape[1])
+    spans, order = _targets_by_block(at[0], x_scaled.shape[1])
+    hit_rows, hit_cols = at[0][order], at[1][order]
     colmax = x_scaled.new_full((x_scaled.shape[0],), float("-inf"))
     for lo, hi, w in _row_blocks(tile, inv_norm, workspace):
         z = logits[lo:hi]
@@ -382,18 +383,15 @@ def _compute_tile_fused(x_scaled, weight, ids, start, stop, margin, owned, pos, 
     return tile
 
 
-def _targets_by_block(rows: torch.Tensor, cols: torch.Tensor, grads: torch.Tensor | None, dim: int):
-    """A tile's target entries (rows within the tile, columns) grouped by the gathered block
-    that holds their row: {block start: slice} into the returned rows, columns and gradient
-    rows, sorted by row and stable (samples with the same class keep their order)."""
+def _targets_by_block(rows: torch.Tensor, dim: int) -> tuple[dict[int, slice], torch.Tensor]:
+    """A tile's target entries grouped by the gathered block that holds their row (rows: within
+    the tile): the stable order that sorts them by row (samples with the same class keep theirs)
+    and {block start: slice of that order}."""
     block = gather_block_rows(dim)
     order = torch.argsort(rows, stable=True)
-    rows, cols = rows[order], cols[order]
-    spans: dict[int, slice] = {}
-    for i, b in enumerate((rows // block).tolist()):
-        first = spans.get(b * block)
-        spans[b * block] = slice(i if first is None else first.start, i + 1)
-    return spans, rows, cols, None if grads is None else grads[order]
+    blocks, counts = torch.unique_consecutive(rows[order] // block, return_counts=True)
+    ends = counts.cumsum(0).tolist()
+    return {b * block: slice(end - c, end) for b, c, end in zip(blocks.tolist(), counts.tolist(), ends)}, order
 
 
 def _backward_fused(tile: _Tile, grad_tile, x_scaled, grad_x_scaled, lse, last_shift, scale, cols, rows, grad_targets,
@@ -416,7 +414,8 @@ def _backward_fused(tile: _Tile, grad_tile, x_scaled, grad_x_scaled, lse, last_s
                                                   device=x_scaled.device)
     narrow = grad_tile.dtype != torch.float32
     grad_block = workspace.get("grad_block", (block, dim), dtype=torch.float32, device=x_scaled.device) if narrow else None
-    spans, hit_rows, hit_cols, hit_grads = _targets_by_block(rows, cols, grad_targets, dim)
+    spans, order = _targets_by_block(rows, dim)
+    hit_rows, hit_cols, hit_grads = rows[order], cols[order], grad_targets[order]
     inv_norm = tile.inv_norm if normalize else None
     for lo, hi, w in _row_blocks(tile, None, workspace):
         p = tile.logits[lo:hi] if probs is None else probs[: hi - lo]
